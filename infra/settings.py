@@ -1,0 +1,77 @@
+"""One typed settings object for the whole project.
+
+Every value can be overridden from the environment (``CANDLEFLOW_<NAME>``, e.g.
+``CANDLEFLOW_KAFKA_BOOTSTRAP=broker:9092``) or from a ``.env`` file in the working
+directory. Nothing else in the code base hard-codes a host, port, path or topic.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CANDLEFLOW_", env_file=".env", extra="ignore", frozen=False
+    )
+
+    # --- where local state, logs and downloaded jars live -------------------------------
+    state_dir: Path = Field(REPO_ROOT / ".state", description="local services' data + logs")
+    jars_dir: Path = Field(REPO_ROOT / ".jars", description="Flink connector jars")
+    data_dir: Path = Field(SHARED_DATA, description="real market data (read-only)")
+
+    # --- Kafka-protocol broker ----------------------------------------------------------
+    kafka_bootstrap: str = "127.0.0.1:19092"
+    topic_trades: str = "trades"
+    topic_trades_dlq: str = "trades_dlq"
+    topic_trades_late: str = "trades_late"
+    topic_candles: str = "candles"
+    topic_partitions: int = 1
+
+    # --- Redis --------------------------------------------------------------------------
+    redis_host: str = "127.0.0.1"
+    redis_port: int = 16379
+
+    # --- candles job --------------------------------------------------------------------
+    watermark_delay_ms: int = Field(5_000, ge=0, description="allowed out-of-orderness")
+    idle_timeout_ms: int = Field(10_000, ge=0, description="idle partition timeout")
+    parallelism: int = Field(1, ge=1)
+    flink_target: Literal["local", "cluster"] = "local"
+    source_connector: Literal["kafka", "filesystem"] = "kafka"
+    group_id: str = "candleflow-candles"
+
+    # --- Flink standalone cluster ------------------------------------------------------
+    flink_rest_port: int = 18081
+    flink_taskmanagers: int = 2
+    flink_slots_per_tm: int = 2
+    flink_tm_memory: str = "1600m"
+    flink_jm_memory: str = "1024m"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.redis_host}:{self.redis_port}/0"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def kafka_port(self) -> int:
+        return int(self.kafka_bootstrap.rsplit(":", 1)[1])
+
+    @property
+    def kafka_host(self) -> str:
+        return self.kafka_bootstrap.rsplit(":", 1)[0]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

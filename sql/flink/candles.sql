@@ -1,0 +1,199 @@
+-- candleflow candles job: trades -> validated trades -> 1m OHLCV -> 5m/15m/1h rollups.
+--
+-- ${...} placeholders are filled by jobs/sqlfile.py from the one connector-config layer
+-- (infra/connectors.py), so the same statements run on a local broker, a cluster or files.
+-- Statements are separated by a semicolon at the end of a line; INSERTs run together as
+-- one statement set (one job, one source read).
+
+-- Raw source: one STRING per record, so malformed JSON can never fail the job.
+CREATE TEMPORARY TABLE trades_raw (
+    payload STRING,
+    ${source_metadata_columns},
+    -- event time; invalid rows get epoch 0, which never advances the watermark
+    ts AS TO_TIMESTAMP_LTZ(
+        CASE
+            WHEN TRY_CAST(JSON_VALUE(payload, '$.ts_ms') AS BIGINT) BETWEEN 1262304000000 AND 4102444799999
+            THEN TRY_CAST(JSON_VALUE(payload, '$.ts_ms') AS BIGINT)
+            ELSE 0
+        END, 3),
+    WATERMARK FOR ts AS ts - INTERVAL '${watermark_delay_s}' SECOND(3)
+) WITH (${trades_source});
+
+-- Parse. Prices and quantities travel as decimal strings (Binance style) and are cast to
+-- DECIMAL so sums, VWAP inputs and open/close are exact whatever the arrival order.
+CREATE TEMPORARY VIEW trades_parsed AS
+SELECT
+    payload, src_partition, src_offset, ts,
+    TRY_CAST(JSON_VALUE(payload, '$.ts_ms') AS BIGINT) AS ts_ms,
+    JSON_VALUE(payload, '$.symbol') AS symbol,
+    JSON_VALUE(payload, '$.price') AS price_raw,
+    TRY_CAST(JSON_VALUE(payload, '$.price') AS DECIMAL(28, 10)) AS price,
+    JSON_VALUE(payload, '$.qty') AS qty_raw,
+    TRY_CAST(JSON_VALUE(payload, '$.qty') AS DECIMAL(28, 10)) AS qty,
+    JSON_VALUE(payload, '$.side') AS side,
+    TRY_CAST(JSON_VALUE(payload, '$.trade_id') AS BIGINT) AS trade_id,
+    COALESCE(JSON_VALUE(payload, '$.exchange'), 'unknown') AS exchange
+FROM trades_raw;
+
+-- Same rules, same order and same reason texts as jobs/ingest/schema.py (unit-tested).
+CREATE TEMPORARY VIEW trades_checked AS
+SELECT *,
+    CASE
+        WHEN payload IS NULL OR NOT (payload IS JSON OBJECT) THEN 'not a JSON object'
+        WHEN JSON_VALUE(payload, '$.ts_ms') IS NULL THEN 'missing field ts_ms'
+        WHEN ts_ms IS NULL THEN 'ts_ms is not an integer'
+        WHEN ts_ms < 1262304000000 OR ts_ms > 4102444799999 THEN 'ts_ms out of range'
+        WHEN symbol IS NULL THEN 'missing field symbol'
+        WHEN NOT REGEXP(symbol, '${symbol_regex}') THEN 'unknown symbol format'
+        WHEN price_raw IS NULL THEN 'missing field price'
+        WHEN price IS NULL THEN 'price is not numeric'
+        WHEN price <= 0 THEN 'price must be > 0'
+        WHEN qty_raw IS NULL THEN 'missing field qty'
+        WHEN qty IS NULL THEN 'qty is not numeric'
+        WHEN qty <= 0 THEN 'qty must be > 0'
+        WHEN side IS NULL THEN 'missing field side'
+        WHEN side NOT IN ('buy', 'sell') THEN 'side must be buy or sell'
+        WHEN JSON_VALUE(payload, '$.trade_id') IS NULL THEN 'missing field trade_id'
+        WHEN trade_id IS NULL OR trade_id < 0 THEN 'trade_id is not a non-negative integer'
+        ELSE CAST(NULL AS STRING)
+    END AS reason
+FROM trades_parsed;
+
+-- A valid trade is late when the 1m window it belongs to has already been closed by the
+-- watermark seen here. Downstream window operators never see a smaller-than-here
+-- watermark for a row, so rows that pass this filter are never dropped by the window:
+-- every valid trade ends up in exactly one of (candles, trades_late).
+CREATE TEMPORARY VIEW trades_valid AS
+SELECT *,
+    ts_ms - MOD(ts_ms, 60000) + 59999 AS window_max_ms,
+    CURRENT_WATERMARK(ts) AS wm
+FROM trades_checked
+WHERE reason IS NULL;
+
+CREATE TEMPORARY VIEW trades_on_time AS
+SELECT ts, ts_ms, symbol, price, qty, side, trade_id,
+    -- fixed-width key: MIN/MAX give the first/last trade by (ts_ms, trade_id), not arrival
+    LPAD(CAST(ts_ms AS STRING), 15, '0') || LPAD(CAST(trade_id AS STRING), 20, '0')
+        || CAST(price AS STRING) AS order_key
+FROM trades_valid
+WHERE wm IS NULL OR TO_TIMESTAMP_LTZ(window_max_ms, 3) > wm;
+
+CREATE TEMPORARY VIEW candles_1m AS
+SELECT
+    symbol, window_time AS rowtime,
+    MIN(order_key) AS open_key,
+    MAX(order_key) AS close_key,
+    MAX(price) AS high,
+    MIN(price) AS low,
+    SUM(qty) AS volume,
+    SUM(price * qty) AS quote_volume,
+    COUNT(*) AS trade_count,
+    SUM(CASE WHEN side = 'buy' THEN qty ELSE CAST(0 AS DECIMAL(28, 10)) END) AS buy_volume,
+    SUM(CASE WHEN side = 'sell' THEN qty ELSE CAST(0 AS DECIMAL(28, 10)) END) AS sell_volume,
+    MIN(ts_ms) - MOD(MIN(ts_ms), 60000) AS window_start_ms
+FROM TABLE(TUMBLE(TABLE trades_on_time, DESCRIPTOR(ts), INTERVAL '1' MINUTE))
+GROUP BY symbol, window_start, window_end, window_time;
+
+-- Rollups are cascaded window aggregations over the 1m candles (event time = window_time).
+CREATE TEMPORARY VIEW candles_5m AS
+SELECT symbol, window_time AS rowtime,
+    MIN(open_key) AS open_key, MAX(close_key) AS close_key, MAX(high) AS high, MIN(low) AS low,
+    SUM(volume) AS volume, SUM(quote_volume) AS quote_volume, SUM(trade_count) AS trade_count,
+    SUM(buy_volume) AS buy_volume, SUM(sell_volume) AS sell_volume,
+    MIN(window_start_ms) - MOD(MIN(window_start_ms), 300000) AS window_start_ms
+FROM TABLE(TUMBLE(TABLE candles_1m, DESCRIPTOR(rowtime), INTERVAL '5' MINUTE))
+GROUP BY symbol, window_start, window_end, window_time;
+
+CREATE TEMPORARY VIEW candles_15m AS
+SELECT symbol, window_time AS rowtime,
+    MIN(open_key) AS open_key, MAX(close_key) AS close_key, MAX(high) AS high, MIN(low) AS low,
+    SUM(volume) AS volume, SUM(quote_volume) AS quote_volume, SUM(trade_count) AS trade_count,
+    SUM(buy_volume) AS buy_volume, SUM(sell_volume) AS sell_volume,
+    MIN(window_start_ms) - MOD(MIN(window_start_ms), 900000) AS window_start_ms
+FROM TABLE(TUMBLE(TABLE candles_1m, DESCRIPTOR(rowtime), INTERVAL '15' MINUTE))
+GROUP BY symbol, window_start, window_end, window_time;
+
+CREATE TEMPORARY VIEW candles_1h AS
+SELECT symbol, window_time AS rowtime,
+    MIN(open_key) AS open_key, MAX(close_key) AS close_key, MAX(high) AS high, MIN(low) AS low,
+    SUM(volume) AS volume, SUM(quote_volume) AS quote_volume, SUM(trade_count) AS trade_count,
+    SUM(buy_volume) AS buy_volume, SUM(sell_volume) AS sell_volume,
+    MIN(window_start_ms) - MOD(MIN(window_start_ms), 3600000) AS window_start_ms
+FROM TABLE(TUMBLE(TABLE candles_1m, DESCRIPTOR(rowtime), INTERVAL '1' HOUR))
+GROUP BY symbol, window_start, window_end, window_time;
+
+CREATE TEMPORARY VIEW candles_all AS
+SELECT '1m' AS timeframe, 60000 AS tf_ms, * FROM candles_1m
+UNION ALL SELECT '5m', 300000, * FROM candles_5m
+UNION ALL SELECT '15m', 900000, * FROM candles_15m
+UNION ALL SELECT '1h', 3600000, * FROM candles_1h;
+
+CREATE TEMPORARY TABLE candles_sink (
+    candle_key STRING,
+    symbol STRING,
+    timeframe STRING,
+    window_start_ms BIGINT,
+    window_end_ms BIGINT,
+    `open` DECIMAL(28, 10),
+    high DECIMAL(28, 10),
+    low DECIMAL(28, 10),
+    `close` DECIMAL(28, 10),
+    volume DECIMAL(38, 10),
+    quote_volume DECIMAL(38, 20),
+    vwap DOUBLE,
+    trade_count BIGINT,
+    buy_volume DECIMAL(38, 10),
+    sell_volume DECIMAL(38, 10),
+    first_trade_id BIGINT,
+    last_trade_id BIGINT,
+    emitted_at TIMESTAMP_LTZ(3)
+) WITH (${candles_sink});
+
+CREATE TEMPORARY TABLE trades_dlq_sink (
+    reason STRING,
+    payload STRING,
+    source_topic STRING,
+    source_partition INT,
+    source_offset BIGINT,
+    detected_by STRING,
+    detected_at TIMESTAMP_LTZ(3)
+) WITH (${dlq_sink});
+
+CREATE TEMPORARY TABLE trades_late_sink (
+    symbol STRING,
+    ts_ms BIGINT,
+    trade_id BIGINT,
+    price DECIMAL(28, 10),
+    qty DECIMAL(28, 10),
+    side STRING,
+    exchange STRING,
+    watermark_at_arrival TIMESTAMP_LTZ(3),
+    payload STRING,
+    source_partition INT,
+    source_offset BIGINT
+) WITH (${late_sink});
+
+INSERT INTO candles_sink
+SELECT
+    symbol || '|' || timeframe,
+    symbol, timeframe, window_start_ms, window_start_ms + tf_ms,
+    CAST(SUBSTRING(open_key FROM 36) AS DECIMAL(28, 10)),
+    high, low,
+    CAST(SUBSTRING(close_key FROM 36) AS DECIMAL(28, 10)),
+    volume, quote_volume,
+    CAST(quote_volume AS DOUBLE) / CAST(volume AS DOUBLE),
+    trade_count, buy_volume, sell_volume,
+    CAST(SUBSTRING(open_key FROM 16 FOR 20) AS BIGINT),
+    CAST(SUBSTRING(close_key FROM 16 FOR 20) AS BIGINT),
+    CURRENT_TIMESTAMP
+FROM candles_all;
+
+INSERT INTO trades_dlq_sink
+SELECT reason, payload, '${trades_topic}', src_partition, src_offset, 'candles-job', CURRENT_TIMESTAMP
+FROM trades_checked
+WHERE reason IS NOT NULL;
+
+INSERT INTO trades_late_sink
+SELECT symbol, ts_ms, trade_id, price, qty, side, exchange, wm, payload, src_partition, src_offset
+FROM trades_valid
+WHERE wm IS NOT NULL AND TO_TIMESTAMP_LTZ(window_max_ms, 3) <= wm;
