@@ -133,3 +133,20 @@ class TradeSink:
         errors = self.tracker.errors + self.dlq_tracker.errors
         if errors:
             raise RuntimeError(f"{len(errors)} sends failed, first: {errors[0]}")
+
+
+def repeated_messages(df: pd.DataFrame, repeat: int = 1) -> Iterator[dict[str, Any]]:
+    """The file's messages ``repeat`` times; pass k is shifted forward by k x (span rounded up
+    to whole hours + 1 h) and trade ids by k x (max id + 1), so passes never overlap."""
+    if df.empty:
+        return
+    hour = 3_600_000
+    span = int(df["ts_ms"].max() - df["ts_ms"].min())
+    shift_ms = (span // hour + 2) * hour
+    id_shift = int(df["trade_id"].max()) + 1
+    for k in range(repeat):
+        for m in to_messages(df):
+            if k:
+                m["ts_ms"] += k * shift_ms
+                m["trade_id"] += k * id_shift
+            yield m

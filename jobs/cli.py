@@ -1,0 +1,267 @@
+"""``candleflow``: the command line for the whole pipeline (``candleflow --help``)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from infra.settings import Settings, get_settings
+
+console = Console(stderr=True)
+app = typer.Typer(
+    name="candleflow",
+    help="Real-time crypto candles and features: Kafka -> Flink SQL -> Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+ingest_app = typer.Typer(help="Put trades on the `trades` topic (files or exchanges).", no_args_is_help=True)
+candles_app = typer.Typer(help="The candles Flink SQL job.", no_args_is_help=True)
+flink_app = typer.Typer(help="A standalone Flink cluster from the pyflink distribution.", no_args_is_help=True)
+app.add_typer(ingest_app, name="ingest")
+app.add_typer(candles_app, name="candles")
+app.add_typer(flink_app, name="flink")
+
+
+class Target(str, Enum):
+    local = "local"
+    cluster = "cluster"
+
+
+class Exchange(str, Enum):
+    binance = "binance"
+    kraken = "kraken"
+    coinbase = "coinbase"
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+    for noisy in ("kafka", "apache_beam", "py4j"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[red]error:[/red] {msg}")
+    raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- local stack
+@app.command()
+def up() -> None:
+    """Start the local broker (Tansu) and Redis on loopback; idempotent.
+
+    Ports and the state folder come from settings (CANDLEFLOW_KAFKA_BOOTSTRAP,
+    CANDLEFLOW_REDIS_PORT, CANDLEFLOW_STATE_DIR).
+    """
+    from infra.kafka import ensure_topics
+    from infra.local import ServiceError, local_stack
+
+    s = get_settings()
+    try:
+        for svc in local_stack(s):
+            console.print(svc.start())
+    except ServiceError as e:
+        _fail(str(e))
+    ensure_topics(
+        s.kafka_bootstrap,
+        [s.topic_trades, s.topic_trades_dlq, s.topic_trades_late, s.topic_candles],
+        partitions=s.topic_partitions,
+    )
+    console.print(f"state and logs: {s.state_dir}")
+
+
+@app.command()
+def down() -> None:
+    """Stop the local broker and Redis (broker data is in memory and is lost)."""
+    from infra.local import local_stack
+
+    for svc in reversed(local_stack(get_settings())):
+        console.print(svc.stop())
+
+
+@app.command()
+def status() -> None:
+    """Show local services and the Flink cluster."""
+    from infra.flink_cluster import FlinkCluster
+    from infra.local import local_stack
+
+    s = get_settings()
+    t = Table("service", "status")
+    for svc in local_stack(s):
+        t.add_row(svc.name, svc.status())
+    t.add_row("flink", FlinkCluster(s).status())
+    console.print(t)
+
+
+@app.command("install-jars")
+def install_jars() -> None:
+    """Fetch the Flink Kafka connector jars into CANDLEFLOW_JARS_DIR (from PyPI)."""
+    from infra.jars import ensure_jars
+
+    for p in ensure_jars(get_settings().jars_dir):
+        console.print(f"ok {p}")
+
+
+# ------------------------------------------------------------------------------ ingest
+@ingest_app.command("replay")
+def ingest_replay(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="parquet / trades.json.gz / jsonl / csv"),
+    speed: str = typer.Option("max", help="'max' or a multiple of real time, e.g. 10"),
+    max_gap_s: float = typer.Option(60.0, help="shorten event-time gaps longer than this when pacing"),
+    limit: int = typer.Option(0, help="stop after N rows (0 = all)"),
+    repeat: int = typer.Option(1, min=1, help="replay the file N times, shifting time forward each pass"),
+) -> None:
+    """Replay recorded trades into `trades`; invalid rows go to `trades_dlq` with a reason."""
+    from infra.kafka import ensure_topics, make_producer
+    from jobs.ingest.replay import Pacer, TradeSink, load_trades, repeated_messages
+
+    s = get_settings()
+    try:
+        pace = None if speed == "max" else float(speed)
+    except ValueError:
+        _fail(f"--speed must be 'max' or a number, got {speed!r}")
+        return
+    df = load_trades(file)
+    if limit:
+        df = df.head(limit)
+    ensure_topics(s.kafka_bootstrap, [s.topic_trades, s.topic_trades_dlq], partitions=s.topic_partitions)
+    sink = TradeSink(make_producer(s.kafka_bootstrap), s.topic_trades, s.topic_trades_dlq)
+    pacer = Pacer(pace, max_gap_ms=int(max_gap_s * 1000))
+    t0 = time.monotonic()
+    with _progress() as prog:
+        task = prog.add_task(f"replay {file.name}", total=len(df) * repeat)
+        for msg in repeated_messages(df, repeat):
+            pacer.wait(int(msg["ts_ms"]))
+            sink.send(msg)
+            prog.advance(task)
+    sink.flush()
+    dt = time.monotonic() - t0
+    st = sink.stats
+    console.print(
+        f"read {st.read:,}  sent {st.sent:,} -> {s.topic_trades}  dead-lettered {st.dead_lettered:,} -> "
+        f"{s.topic_trades_dlq}  ({st.read / dt:,.0f} msg/s); end offsets {sink.tracker.end}"
+    )
+    for reason, n in sorted(st.reasons.items()):
+        console.print(f"  dlq reason {reason!r}: {n}")
+
+
+@ingest_app.command("live")
+def ingest_live(
+    exchange: Exchange = typer.Option(Exchange.binance, help="which exchange's websocket"),
+    symbols: str = typer.Option("BTCUSDT,ETHUSDT", help="comma-separated, exchange spelling"),
+    url: str = typer.Option("", help="override the websocket URL (e.g. a local test server)"),
+    max_messages: int = typer.Option(0, help="stop after N trades (0 = run until Ctrl-C)"),
+) -> None:
+    """Stream live trades over websockets with reconnect + backoff and gap logging."""
+    from infra.kafka import ensure_topics, make_producer
+    from jobs.ingest.live import run_live
+    from jobs.ingest.replay import TradeSink
+
+    s = get_settings()
+    ensure_topics(s.kafka_bootstrap, [s.topic_trades, s.topic_trades_dlq], partitions=s.topic_partitions)
+    sink = TradeSink(make_producer(s.kafka_bootstrap), s.topic_trades, s.topic_trades_dlq, detected_by="live")
+    try:
+        run_live(
+            exchange.value,
+            [x.strip() for x in symbols.split(",") if x.strip()],
+            sink,
+            url=url or None,
+            max_messages=max_messages or None,
+        )
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sink.flush()
+        console.print(f"sent {sink.stats.sent:,}, dead-lettered {sink.stats.dead_lettered:,}")
+
+
+# ----------------------------------------------------------------------------- candles
+@candles_app.command("run")
+def candles_run(
+    target: Target = typer.Option(Target.local, help="local MiniCluster or the standalone cluster"),
+    end_offsets: str = typer.Option("", help="bounded replay: stop at e.g. '0:115993'"),
+    start_offsets: str = typer.Option("", help="start at e.g. '0:0' instead of earliest"),
+    detach: bool = typer.Option(False, help="submit and return (cluster target)"),
+) -> None:
+    """Run the candles job: trades -> 1m/5m/15m/1h candles, DLQ and late trades."""
+    s = get_settings()
+    if target is Target.cluster:
+        from infra.flink_cluster import FlinkCluster
+
+        rc = FlinkCluster(s).run_py(
+            Path(__file__).parent / "candles.py",
+            _job_args(end_offsets, start_offsets),
+            detach=detach,
+        )
+        raise typer.Exit(rc)
+    from jobs.candles import main
+
+    main(_job_args(end_offsets, start_offsets) + (["--detach"] if detach else []), settings=s)
+
+
+def _job_args(end_offsets: str, start_offsets: str) -> list[str]:
+    args = []
+    if end_offsets:
+        args += ["--end-offsets", end_offsets]
+    if start_offsets:
+        args += ["--start-offsets", start_offsets]
+    return args
+
+
+# ------------------------------------------------------------------------------- flink
+@flink_app.command("start")
+def flink_start(
+    taskmanagers: int = typer.Option(0, help="TaskManager processes (default from settings)"),
+) -> None:
+    """Start a standalone session cluster (JobManager + TaskManagers) on loopback."""
+    from infra.flink_cluster import FlinkCluster
+
+    s: Settings = get_settings()
+    if taskmanagers:
+        s = s.model_copy(update={"flink_taskmanagers": taskmanagers})
+    console.print(FlinkCluster(s).start())
+
+
+@flink_app.command("stop")
+def flink_stop() -> None:
+    """Stop the standalone cluster."""
+    from infra.flink_cluster import FlinkCluster
+
+    console.print(FlinkCluster(get_settings()).stop())
+
+
+@flink_app.command("status")
+def flink_status() -> None:
+    """Cluster overview and jobs, from the REST API."""
+    from infra.flink_cluster import FlinkCluster
+
+    console.print(FlinkCluster(get_settings()).status())
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not sys.stderr.isatty(),
+    )
+
+
+if __name__ == "__main__":
+    app()
