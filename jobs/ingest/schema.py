@@ -26,6 +26,8 @@ TS_MIN_MS = 1_262_304_000_000  # 2010-01-01
 TS_MAX_MS = 4_102_444_799_999  # 2099-12-31
 _SYMBOL = re.compile(SYMBOL_REGEX)
 _INT = re.compile(r"^[+-]?\d+$")
+_EIGHT_DP = Decimal("1e-8")  # DECIMAL(20,8) price / DECIMAL(18,8) qty in the Flink job
+_WIDE_LIMIT = Decimal(10) ** 20  # DECIMAL(38,18) parse limit in the Flink job
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,15 +103,17 @@ def validate(raw: str | bytes | dict[str, Any]) -> Trade:
     if not _SYMBOL.match(symbol):
         raise bad("unknown symbol format")
     out: dict[str, str] = {}
-    for name in ("price", "qty"):
+    for name, int_digits in (("price", 12), ("qty", 10)):
         text = _text(obj.get(name))
         if text is None:
             raise bad(f"missing field {name}")
         value = _decimal(text)
-        if value is None:
+        if value is None or abs(value) >= _WIDE_LIMIT:
             raise bad(f"{name} is not numeric")
         if value <= 0:
             raise bad(f"{name} must be > 0")
+        if value >= Decimal(10) ** int_digits or value != value.quantize(_EIGHT_DP):
+            raise bad(f"{name} needs more than 8 decimals or {int_digits} digits")
         out[name] = text.strip()
     side = _text(obj.get("side"))
     if side is None:

@@ -21,15 +21,20 @@ CREATE TEMPORARY TABLE trades_raw (
 
 -- Parse. Prices and quantities travel as decimal strings (Binance style) and are cast to
 -- DECIMAL so sums, VWAP inputs and open/close are exact whatever the arrival order.
+-- DECIMAL(20,8) x DECIMAL(18,8) = DECIMAL(38,16): the product stays exact (wider inputs
+-- would make Flink cut the product's scale to 6). Values these types cannot hold exactly
+-- (more than 8 decimals, price >= 1e12, qty >= 1e10) are rejected, never rounded.
 CREATE TEMPORARY VIEW trades_parsed AS
 SELECT
     payload, src_partition, src_offset, ts,
     TRY_CAST(JSON_VALUE(payload, '$.ts_ms') AS BIGINT) AS ts_ms,
     JSON_VALUE(payload, '$.symbol') AS symbol,
     JSON_VALUE(payload, '$.price') AS price_raw,
-    TRY_CAST(JSON_VALUE(payload, '$.price') AS DECIMAL(28, 10)) AS price,
+    TRY_CAST(JSON_VALUE(payload, '$.price') AS DECIMAL(38, 18)) AS price_wide,
+    TRY_CAST(JSON_VALUE(payload, '$.price') AS DECIMAL(20, 8)) AS price,
     JSON_VALUE(payload, '$.qty') AS qty_raw,
-    TRY_CAST(JSON_VALUE(payload, '$.qty') AS DECIMAL(28, 10)) AS qty,
+    TRY_CAST(JSON_VALUE(payload, '$.qty') AS DECIMAL(38, 18)) AS qty_wide,
+    TRY_CAST(JSON_VALUE(payload, '$.qty') AS DECIMAL(18, 8)) AS qty,
     JSON_VALUE(payload, '$.side') AS side,
     TRY_CAST(JSON_VALUE(payload, '$.trade_id') AS BIGINT) AS trade_id,
     COALESCE(JSON_VALUE(payload, '$.exchange'), 'unknown') AS exchange
@@ -46,11 +51,13 @@ SELECT *,
         WHEN symbol IS NULL THEN 'missing field symbol'
         WHEN NOT REGEXP(symbol, '${symbol_regex}') THEN 'unknown symbol format'
         WHEN price_raw IS NULL THEN 'missing field price'
-        WHEN price IS NULL THEN 'price is not numeric'
-        WHEN price <= 0 THEN 'price must be > 0'
+        WHEN price_wide IS NULL THEN 'price is not numeric'
+        WHEN price_wide <= 0 THEN 'price must be > 0'
+        WHEN price IS NULL OR price <> price_wide THEN 'price needs more than 8 decimals or 12 digits'
         WHEN qty_raw IS NULL THEN 'missing field qty'
-        WHEN qty IS NULL THEN 'qty is not numeric'
-        WHEN qty <= 0 THEN 'qty must be > 0'
+        WHEN qty_wide IS NULL THEN 'qty is not numeric'
+        WHEN qty_wide <= 0 THEN 'qty must be > 0'
+        WHEN qty IS NULL OR qty <> qty_wide THEN 'qty needs more than 8 decimals or 10 digits'
         WHEN side IS NULL THEN 'missing field side'
         WHEN side NOT IN ('buy', 'sell') THEN 'side must be buy or sell'
         WHEN JSON_VALUE(payload, '$.trade_id') IS NULL THEN 'missing field trade_id'
@@ -88,8 +95,8 @@ SELECT
     SUM(qty) AS volume,
     SUM(price * qty) AS quote_volume,
     COUNT(*) AS trade_count,
-    SUM(CASE WHEN side = 'buy' THEN qty ELSE CAST(0 AS DECIMAL(28, 10)) END) AS buy_volume,
-    SUM(CASE WHEN side = 'sell' THEN qty ELSE CAST(0 AS DECIMAL(28, 10)) END) AS sell_volume,
+    SUM(CASE WHEN side = 'buy' THEN qty ELSE CAST(0 AS DECIMAL(18, 8)) END) AS buy_volume,
+    SUM(CASE WHEN side = 'sell' THEN qty ELSE CAST(0 AS DECIMAL(18, 8)) END) AS sell_volume,
     MIN(ts_ms) - MOD(MIN(ts_ms), 60000) AS window_start_ms
 FROM TABLE(TUMBLE(TABLE trades_on_time, DESCRIPTOR(ts), INTERVAL '1' MINUTE))
 GROUP BY symbol, window_start, window_end, window_time;
@@ -134,16 +141,16 @@ CREATE TEMPORARY TABLE candles_sink (
     timeframe STRING,
     window_start_ms BIGINT,
     window_end_ms BIGINT,
-    `open` DECIMAL(28, 10),
-    high DECIMAL(28, 10),
-    low DECIMAL(28, 10),
-    `close` DECIMAL(28, 10),
-    volume DECIMAL(38, 10),
-    quote_volume DECIMAL(38, 20),
+    `open` DECIMAL(20, 8),
+    high DECIMAL(20, 8),
+    low DECIMAL(20, 8),
+    `close` DECIMAL(20, 8),
+    volume DECIMAL(38, 8),
+    quote_volume DECIMAL(38, 16),
     vwap DOUBLE,
     trade_count BIGINT,
-    buy_volume DECIMAL(38, 10),
-    sell_volume DECIMAL(38, 10),
+    buy_volume DECIMAL(38, 8),
+    sell_volume DECIMAL(38, 8),
     first_trade_id BIGINT,
     last_trade_id BIGINT,
     emitted_at TIMESTAMP_LTZ(3)
@@ -163,8 +170,8 @@ CREATE TEMPORARY TABLE trades_late_sink (
     symbol STRING,
     ts_ms BIGINT,
     trade_id BIGINT,
-    price DECIMAL(28, 10),
-    qty DECIMAL(28, 10),
+    price DECIMAL(20, 8),
+    qty DECIMAL(18, 8),
     side STRING,
     exchange STRING,
     watermark_at_arrival TIMESTAMP_LTZ(3),
@@ -177,9 +184,9 @@ INSERT INTO candles_sink
 SELECT
     symbol || '|' || timeframe,
     symbol, timeframe, window_start_ms, window_start_ms + tf_ms,
-    CAST(SUBSTRING(open_key FROM 36) AS DECIMAL(28, 10)),
+    CAST(SUBSTRING(open_key FROM 36) AS DECIMAL(20, 8)),
     high, low,
-    CAST(SUBSTRING(close_key FROM 36) AS DECIMAL(28, 10)),
+    CAST(SUBSTRING(close_key FROM 36) AS DECIMAL(20, 8)),
     volume, quote_volume,
     CAST(quote_volume AS DOUBLE) / CAST(volume AS DOUBLE),
     trade_count, buy_volume, sell_volume,
