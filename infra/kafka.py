@@ -69,12 +69,15 @@ class OffsetTracker:
     """Collects acknowledged offsets; ``end_offsets`` = last acked + 1 per partition."""
 
     topic: str
+    start: dict[int, int] = field(default_factory=dict)
     end: dict[int, int] = field(default_factory=dict)
     acked: int = 0
     errors: list[str] = field(default_factory=list)
 
     def on_success(self, md: Any) -> None:
         self.acked += 1
+        if md.offset < self.start.get(md.partition, md.offset + 1):
+            self.start[md.partition] = md.offset
         if md.offset + 1 > self.end.get(md.partition, 0):
             self.end[md.partition] = md.offset + 1
 

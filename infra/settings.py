@@ -50,6 +50,7 @@ class Settings(BaseSettings):
 
     # --- Flink standalone cluster ------------------------------------------------------
     flink_rest_port: int = 18081
+    flink_rpc_port: int = 16123
     flink_taskmanagers: int = 2
     flink_slots_per_tm: int = 2
     flink_tm_memory: str = "1600m"
