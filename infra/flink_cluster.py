@@ -123,7 +123,8 @@ class FlinkCluster:
         return (
             f"running at {self.rest_url}: {ov['taskmanagers']} TaskManagers, "
             f"{ov['slots-available']}/{ov['slots-total']} slots free, "
-            f"jobs running {ov['jobs-running']}, finished {ov['jobs-finished']}, failed {ov['jobs-failed']}"
+            f"jobs running {ov['jobs-running']}, finished {ov['jobs-finished']}, "
+            f"failed {ov['jobs-failed']}"
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -148,7 +149,9 @@ class FlinkCluster:
             if ov and ov["taskmanagers"] >= want:
                 return f"flink: started in {time.monotonic() - t0:.1f}s, " + self.status()
             time.sleep(0.5)
-        raise RuntimeError(f"flink: cluster not up after {timeout_s:.0f}s; logs in {self.env()['FLINK_LOG_DIR']}")
+        raise RuntimeError(
+            f"flink: cluster not up after {timeout_s:.0f}s; logs in {self.env()['FLINK_LOG_DIR']}"
+        )
 
     def stop(self) -> str:
         if not self.conf_dir.exists():
@@ -175,17 +178,30 @@ class FlinkCluster:
     ) -> int:
         """``flink run -py script args``; the job sees ``settings_for_job`` via env."""
         cmd = [
-            "bash", str(self.home / "bin" / "flink"), "run",
-            "-m", f"127.0.0.1:{self.s.flink_rest_port}",
-            "-py", str(script),
-            "-pyclientexec", sys.executable,
-            "-pyexec", sys.executable,
+            "bash",
+            str(self.home / "bin" / "flink"),
+            "run",
+            "-m",
+            f"127.0.0.1:{self.s.flink_rest_port}",
+            "-py",
+            str(script),
+            "-pyclientexec",
+            sys.executable,
+            "-pyexec",
+            sys.executable,
         ]
         if detach:
             cmd.insert(3, "-d")
         env = self.env() | settings_env(settings_for_job or self.s)
         log.info("submitting: %s", " ".join(cmd + args))
-        proc = subprocess.run(cmd + args, env=env, timeout=timeout_s, capture_output=True, text=True)
+        proc = subprocess.run(
+            cmd + args, env=env, timeout=timeout_s, capture_output=True, text=True
+        )
         if proc.returncode != 0:
-            log.error("flink run failed (%s):\n%s\n%s", proc.returncode, proc.stdout[-4000:], proc.stderr[-4000:])
+            log.error(
+                "flink run failed (%s):\n%s\n%s",
+                proc.returncode,
+                proc.stdout[-4000:],
+                proc.stderr[-4000:],
+            )
         return proc.returncode

@@ -8,6 +8,7 @@ broker acknowledged, and readers stop on an expected count or after an idle peri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -41,10 +42,8 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1) ->
             if t not in existing
         ]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently
                 admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
             log.info("created topics %s", [t.name for t in new])
     finally:
         admin.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -24,20 +24,24 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-ingest_app = typer.Typer(help="Put trades on the `trades` topic (files or exchanges).", no_args_is_help=True)
+ingest_app = typer.Typer(
+    help="Put trades on the `trades` topic (files or exchanges).", no_args_is_help=True
+)
 candles_app = typer.Typer(help="The candles Flink SQL job.", no_args_is_help=True)
-flink_app = typer.Typer(help="A standalone Flink cluster from the pyflink distribution.", no_args_is_help=True)
+flink_app = typer.Typer(
+    help="A standalone Flink cluster from the pyflink distribution.", no_args_is_help=True
+)
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(candles_app, name="candles")
 app.add_typer(flink_app, name="flink")
 
 
-class Target(str, Enum):
+class Target(StrEnum):
     local = "local"
     cluster = "cluster"
 
 
-class Exchange(str, Enum):
+class Exchange(StrEnum):
     binance = "binance"
     kraken = "kraken"
     coinbase = "coinbase"
@@ -50,8 +54,9 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug log
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
-    for noisy in ("kafka", "apache_beam", "py4j"):
+    for noisy in ("kafka", "py4j"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)  # optional GCS/BigQuery imports
 
 
 def _fail(msg: str) -> None:
@@ -116,14 +121,36 @@ def install_jars() -> None:
         console.print(f"ok {p}")
 
 
+@app.command()
+def demo(
+    data: Path = typer.Option(
+        None, help="trades file (default: the real Binance sample in ../shared/data)"
+    ),
+) -> None:
+    """End to end on local defaults: up -> replay real trades -> candles job -> summary."""
+    from jobs.demo import run_demo
+
+    s = get_settings()
+    path = data or s.data_dir / "binance_trades_sample.parquet"
+    if not path.exists():
+        _fail(f"{path} not found; pass --data FILE")
+    run_demo(s, path, console, _progress)
+
+
 # ------------------------------------------------------------------------------ ingest
 @ingest_app.command("replay")
 def ingest_replay(
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="parquet / trades.json.gz / jsonl / csv"),
+    file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="parquet / trades.json.gz / jsonl / csv"
+    ),
     speed: str = typer.Option("max", help="'max' or a multiple of real time, e.g. 10"),
-    max_gap_s: float = typer.Option(60.0, help="shorten event-time gaps longer than this when pacing"),
+    max_gap_s: float = typer.Option(
+        60.0, help="shorten event-time gaps longer than this when pacing"
+    ),
     limit: int = typer.Option(0, help="stop after N rows (0 = all)"),
-    repeat: int = typer.Option(1, min=1, help="replay the file N times, shifting time forward each pass"),
+    repeat: int = typer.Option(
+        1, min=1, help="replay the file N times, shifting time forward each pass"
+    ),
 ) -> None:
     """Replay recorded trades into `trades`; invalid rows go to `trades_dlq` with a reason."""
     from infra.kafka import ensure_topics, make_producer
@@ -138,7 +165,9 @@ def ingest_replay(
     df = load_trades(file)
     if limit:
         df = df.head(limit)
-    ensure_topics(s.kafka_bootstrap, [s.topic_trades, s.topic_trades_dlq], partitions=s.topic_partitions)
+    ensure_topics(
+        s.kafka_bootstrap, [s.topic_trades, s.topic_trades_dlq], partitions=s.topic_partitions
+    )
     sink = TradeSink(make_producer(s.kafka_bootstrap), s.topic_trades, s.topic_trades_dlq)
     pacer = Pacer(pace, max_gap_ms=int(max_gap_s * 1000))
     t0 = time.monotonic()
@@ -152,7 +181,8 @@ def ingest_replay(
     dt = time.monotonic() - t0
     st = sink.stats
     console.print(
-        f"read {st.read:,}  sent {st.sent:,} -> {s.topic_trades}  dead-lettered {st.dead_lettered:,} -> "
+        f"read {st.read:,}  sent {st.sent:,} -> {s.topic_trades}  "
+        f"dead-lettered {st.dead_lettered:,} -> "
         f"{s.topic_trades_dlq}  ({st.read / dt:,.0f} msg/s); end offsets {sink.tracker.end}"
     )
     for reason, n in sorted(st.reasons.items()):
@@ -172,8 +202,12 @@ def ingest_live(
     from jobs.ingest.replay import TradeSink
 
     s = get_settings()
-    ensure_topics(s.kafka_bootstrap, [s.topic_trades, s.topic_trades_dlq], partitions=s.topic_partitions)
-    sink = TradeSink(make_producer(s.kafka_bootstrap), s.topic_trades, s.topic_trades_dlq, detected_by="live")
+    ensure_topics(
+        s.kafka_bootstrap, [s.topic_trades, s.topic_trades_dlq], partitions=s.topic_partitions
+    )
+    sink = TradeSink(
+        make_producer(s.kafka_bootstrap), s.topic_trades, s.topic_trades_dlq, detected_by="live"
+    )
     try:
         run_live(
             exchange.value,

@@ -13,7 +13,7 @@ from infra.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def table_env(settings: Settings, job_name: str, *, config: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def table_env(settings: Settings, job_name: str, *, config: dict[str, str] | None = None):
     """A streaming TableEnvironment. Local MiniCluster unless run under ``flink run``."""
     log_dir = settings.logs_dir / "flink"
     log_dir.mkdir(parents=True, exist_ok=True)

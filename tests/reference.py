@@ -22,8 +22,12 @@ def candles_reference(trades: list[dict[str, Any]]) -> dict[CandleKey, dict[str,
     df["price"] = df["price"].map(Decimal)
     df["qty"] = df["qty"].map(Decimal)
     df["pq"] = df["price"] * df["qty"]
-    df["buy_q"] = [q if s == "buy" else Decimal(0) for q, s in zip(df["qty"], df["side"], strict=True)]
-    df["sell_q"] = [q if s == "sell" else Decimal(0) for q, s in zip(df["qty"], df["side"], strict=True)]
+    df["buy_q"] = [
+        q if s == "buy" else Decimal(0) for q, s in zip(df["qty"], df["side"], strict=True)
+    ]
+    df["sell_q"] = [
+        q if s == "sell" else Decimal(0) for q, s in zip(df["qty"], df["side"], strict=True)
+    ]
     df = df.sort_values(["ts_ms", "trade_id"], kind="stable")
     out: dict[CandleKey, dict[str, Any]] = {}
     for tf, ms in TIMEFRAMES.items():
@@ -60,7 +64,9 @@ def late_mask(ts_arrival_order: list[int], delay_ms: int, window_ms: int = 60_00
     return out
 
 
-def shuffle_within(trades: list[dict[str, Any]], delay_ms: int, seed: int = 7) -> list[dict[str, Any]]:
+def shuffle_within(
+    trades: list[dict[str, Any]], delay_ms: int, seed: int = 7
+) -> list[dict[str, Any]]:
     """Reorder by ts + U[0, delay): any trade can arrive after one up to `delay` ms newer,
     yet none can be late (max ts seen before it is < its ts + delay)."""
     rng = random.Random(seed)

@@ -23,7 +23,7 @@ def load_trades(path: Path) -> pd.DataFrame:
 
     Supported: the parquet layout of ``binance_trades_sample.parquet``, freqtrade's
     ``*-trades.json(.gz)`` (rows ``[ts_ms, id, order, side, price, amount, cost]``; the
-    symbol comes from the file name, e.g. ``XRP_ETH-trades`` -> ``XRPETH``), and CSV/JSONL
+    symbol comes from the file name, e.g. ``..._XRP_ETH-trades`` -> ``XRPETH``), and CSV/JSONL
     with the wire columns.
     """
     name = path.name
@@ -33,8 +33,11 @@ def load_trades(path: Path) -> pd.DataFrame:
         opener = gzip.open if name.endswith(".gz") else open
         with opener(path, "rt") as f:
             rows = json.load(f)
-        df = pd.DataFrame(rows, columns=["ts_ms", "trade_id", "order", "side", "price", "qty", "cost"])
-        df["symbol"] = name.split("-trades")[0].replace("_", "")
+        df = pd.DataFrame(
+            rows, columns=["ts_ms", "trade_id", "order", "side", "price", "qty", "cost"]
+        )
+        base, quote = name.split("-trades")[0].split("_")[-2:]  # ..._XRP_ETH-trades
+        df["symbol"] = (base + quote).upper()
     elif name.endswith((".jsonl", ".jsonl.gz")):
         df = pd.read_json(path, lines=True, dtype=False)
     elif name.endswith((".csv", ".csv.gz")):

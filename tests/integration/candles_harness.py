@@ -50,21 +50,42 @@ def run_candles(settings: Settings, payloads: list[Any], expected_candles: int) 
     handle = candles.submit(Endpoints(settings, end_offsets=end))
     handle.wait()
     dec = lambda b: json.loads(b, parse_float=Decimal)  # noqa: E731 - exact decimals
-    c = read_all(settings.kafka_bootstrap, settings.topic_candles, expected=expected_candles,
-                 idle_timeout_s=5, deserialize=dec)
+    c = read_all(
+        settings.kafka_bootstrap,
+        settings.topic_candles,
+        expected=expected_candles,
+        idle_timeout_s=5,
+        deserialize=dec,
+    )
     dlq = read_all(settings.kafka_bootstrap, settings.topic_trades_dlq, idle_timeout_s=2)
-    late = read_all(settings.kafka_bootstrap, settings.topic_trades_late, idle_timeout_s=2,
-                    deserialize=dec)
+    late = read_all(
+        settings.kafka_bootstrap, settings.topic_trades_late, idle_timeout_s=2, deserialize=dec
+    )
     return CandlesRun(c, dlq, late, end)
 
 
-def assert_candles_equal(got: dict[tuple[str, str, int], dict[str, Any]],
-                         want: dict[tuple[str, str, int], dict[str, Any]]) -> None:
+def assert_candles_equal(
+    got: dict[tuple[str, str, int], dict[str, Any]],
+    want: dict[tuple[str, str, int], dict[str, Any]],
+) -> None:
     assert set(got) == set(want), (
         f"missing {sorted(set(want) - set(got))[:5]} extra {sorted(set(got) - set(want))[:5]}"
     )
-    fields = ["open", "high", "low", "close", "volume", "quote_volume", "trade_count",
-              "buy_volume", "sell_volume", "first_trade_id", "last_trade_id", "window_end_ms", "vwap"]
+    fields = [
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "quote_volume",
+        "trade_count",
+        "buy_volume",
+        "sell_volume",
+        "first_trade_id",
+        "last_trade_id",
+        "window_end_ms",
+        "vwap",
+    ]
     bad = []
     for key, w in want.items():
         g = got[key]

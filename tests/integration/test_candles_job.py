@@ -85,5 +85,7 @@ def test_garbage_goes_to_dlq_with_reasons_and_candles_unchanged(
         want[(g, e.value.reason)] += 1
     got = Counter((r["payload"], r["reason"]) for r in run.dlq)
     assert got == want
-    assert all(r["detected_by"] == "candles-job" and r["source_offset"] is not None for r in run.dlq)
+    assert all(
+        r["detected_by"] == "candles-job" and r["source_offset"] is not None for r in run.dlq
+    )
     assert run.late == []

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from infra.connectors import Endpoints, bounded_offsets_option, render_with
+from infra.settings import Settings
+from jobs.sqlfile import is_insert, load_statements
+
+
+def test_render_with_quotes() -> None:
+    assert render_with({"a": "x'y", "b": "1"}) == "'a' = 'x''y',\n    'b' = '1'"
+    assert bounded_offsets_option({1: 5, 0: 7}) == "partition:0,offset:7;partition:1,offset:5"
+
+
+def test_candles_sql_loads_for_kafka_and_files(tmp_path: Path) -> None:
+    s = Settings(kafka_bootstrap="h:1", watermark_delay_ms=2500)
+    stmts = load_statements("candles.sql", Endpoints(s, end_offsets={0: 10}).candles_params())
+    inserts = [x for x in stmts if is_insert(x)]
+    assert len(inserts) == 3 and len(stmts) == 16
+    src = stmts[0]
+    assert "'scan.bounded.specific-offsets' = 'partition:0,offset:10'" in src
+    assert "INTERVAL '2.500' SECOND(3)" in src
+    assert "'$.ts_ms'" in src  # JSON paths survive templating
+    assert all("${" not in x for x in stmts)
+
+    f = Settings(source_connector="filesystem")
+    stmts = load_statements("candles.sql", Endpoints(f, files_dir=tmp_path).candles_params())
+    assert "'connector' = 'filesystem'" in stmts[0]
+    assert "METADATA" not in stmts[0]
+
+
+def test_missing_placeholder_is_an_error(tmp_path: Path) -> None:
+    p = tmp_path / "x.sql"
+    p.write_text("SELECT ${nope};")
+    with pytest.raises(KeyError, match="nope"):
+        load_statements(p, {})
+
+
+def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CANDLEFLOW_KAFKA_BOOTSTRAP", "broker:9093")
+    monkeypatch.setenv("CANDLEFLOW_WATERMARK_DELAY_MS", "750")
+    s = Settings()
+    assert (s.kafka_host, s.kafka_port, s.watermark_delay_ms) == ("broker", 9093, 750)
