@@ -89,3 +89,26 @@ def test_garbage_goes_to_dlq_with_reasons_and_candles_unchanged(
         r["detected_by"] == "candles-job" and r["source_offset"] is not None for r in run.dlq
     )
     assert run.late == []
+
+
+def test_same_sql_on_files(tmp_path, trades, reference) -> None:
+    """source_connector=filesystem: the same statements read JSON lines and write files."""
+    import json
+    from decimal import Decimal
+
+    from infra.connectors import Endpoints
+    from infra.settings import Settings
+    from jobs import candles
+
+    (tmp_path / "trades").mkdir()
+    (tmp_path / "trades" / "part-0.jsonl").write_text("\n".join(json.dumps(t) for t in trades))
+    s = Settings(source_connector="filesystem", state_dir=tmp_path / "state")
+    candles.submit(Endpoints(s, files_dir=tmp_path)).wait()
+    rows = [
+        json.loads(line, parse_float=Decimal)
+        for f in sorted((tmp_path / "candles").rglob("part-*"))
+        for line in f.read_text().splitlines()
+    ]
+    by_key = {(c["symbol"], c["timeframe"], c["window_start_ms"]): c for c in rows}
+    assert len(by_key) == len(rows)
+    assert_candles_equal(by_key, reference)
