@@ -153,7 +153,6 @@ def ingest_replay(
     ),
 ) -> None:
     """Replay recorded trades into `trades`; invalid rows go to `trades_dlq` with a reason."""
-    from infra.kafka import ensure_topics, make_producer
     from jobs.ingest.replay import Pacer, TradeSink, load_trades, repeated_messages
 
     s = get_settings()
@@ -165,10 +164,7 @@ def ingest_replay(
     df = load_trades(file)
     if limit:
         df = df.head(limit)
-    ensure_topics(
-        s.kafka_bootstrap, [s.topic_trades, s.topic_trades_dlq], partitions=s.topic_partitions
-    )
-    sink = TradeSink(make_producer(s.kafka_bootstrap), s.topic_trades, s.topic_trades_dlq)
+    sink = TradeSink.for_settings(s)
     pacer = Pacer(pace, max_gap_ms=int(max_gap_s * 1000))
     t0 = time.monotonic()
     with _progress() as prog:
@@ -197,17 +193,10 @@ def ingest_live(
     max_messages: int = typer.Option(0, help="stop after N trades (0 = run until Ctrl-C)"),
 ) -> None:
     """Stream live trades over websockets with reconnect + backoff and gap logging."""
-    from infra.kafka import ensure_topics, make_producer
     from jobs.ingest.live import run_live
     from jobs.ingest.replay import TradeSink
 
-    s = get_settings()
-    ensure_topics(
-        s.kafka_bootstrap, [s.topic_trades, s.topic_trades_dlq], partitions=s.topic_partitions
-    )
-    sink = TradeSink(
-        make_producer(s.kafka_bootstrap), s.topic_trades, s.topic_trades_dlq, detected_by="live"
-    )
+    sink = TradeSink.for_settings(get_settings(), detected_by="live")
     try:
         run_live(
             exchange.value,

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infra.connectors import Endpoints
-from infra.kafka import ensure_topics, make_producer, read_all
+from infra.kafka import ensure_topics, read_all
 from infra.local import local_stack
 from infra.settings import Settings
 from jobs import candles
@@ -44,9 +44,7 @@ def run_demo(
 
     console.rule(f"[bold]2/4 replay {data.name}")
     df = load_trades(data)
-    sink = TradeSink(
-        make_producer(settings.kafka_bootstrap), settings.topic_trades, settings.topic_trades_dlq
-    )
+    sink = TradeSink.for_settings(settings)
     t0 = time.monotonic()
     with progress_factory() as prog:
         task = prog.add_task("trades -> kafka", total=len(df))

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from infra.settings import Settings
 from jobs.ingest.schema import InvalidTrade, Trade, dlq_record, format_decimal, validate
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,16 @@ class TradeSink:
         self.stats = IngestStats()
         self.tracker = OffsetTracker(topic)
         self.dlq_tracker = OffsetTracker(dlq_topic)
+
+    @classmethod
+    def for_settings(cls, settings: Settings, detected_by: str = "ingest") -> TradeSink:
+        """A sink on the configured broker, creating the trades/DLQ topics if needed."""
+        from infra.kafka import ensure_topics, make_producer
+
+        topics = [settings.topic_trades, settings.topic_trades_dlq]
+        ensure_topics(settings.kafka_bootstrap, topics, partitions=settings.topic_partitions)
+        producer = make_producer(settings.kafka_bootstrap)
+        return cls(producer, settings.topic_trades, settings.topic_trades_dlq, detected_by)
 
     def send(self, raw: str | bytes | dict[str, Any]) -> Trade | None:
         from infra.kafka import send_tracked
