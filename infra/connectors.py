@@ -54,8 +54,7 @@ class Endpoints:
             "properties.heartbeat.interval.ms": "1000",
             "format": fmt,
             "scan.watermark.idle-timeout": f"{s.idle_timeout_ms} ms",
-            # a watermark per record: lateness decisions depend only on arrival order
-            "scan.watermark.emit.strategy": "on-event",
+            "scan.watermark.emit.strategy": s.watermark_emit,
         }
         if self.start_offsets:
             opts["scan.startup.mode"] = "specific-offsets"
