@@ -43,7 +43,7 @@ demo: install ## end to end on local defaults and the real data in ../shared/dat
 	$(CLI) demo
 
 bench: install ## benchmarks -> bench/results/*.json
-	$(PY) -m bench.candles_bench --out bench/results/candles.json
+	$(PY) -m bench.candles --out bench/results/candles.json
 
 up: install ## start the local broker + Redis
 	$(CLI) up
