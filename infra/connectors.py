@@ -129,3 +129,25 @@ class Endpoints:
         }
         params |= {k: render_with(v) for k, v in sinks.items()}
         return params
+
+    # -- what the features SQL needs -----------------------------------------------------
+    def features_params(self) -> dict[str, str]:
+        from udfs.indicators import FEATURE_NAMES, MAX_WINDOW
+
+        s = self.settings
+        names = FEATURE_NAMES
+        return {
+            "candles_source": render_with(
+                self.kafka_source(s.topic_candles, fmt="json") | self.extra
+            ),
+            "features_sink": render_with(
+                self.kafka_sink(s.topic_features, key_field="feature_key")
+            ),
+            "watermark_delay_s": f"{s.watermark_delay_ms / 1000:.3f}",
+            "over_preceding": str(MAX_WINDOW - 1),
+            "feature_column_types": ",\n    ".join(f"{n} DOUBLE" for n in names),
+            "feature_column_values": ",\n    ".join(f"f[{i + 1}]" for i in range(len(names))),
+            "features_ready_expr": " AND ".join(
+                f"f[{i + 1}] IS NOT NULL" for i in range(len(names))
+            ),
+        }

@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     topic_trades_dlq: str = "trades_dlq"
     topic_trades_late: str = "trades_late"
     topic_candles: str = "candles"
+    topic_features: str = "features"
     topic_partitions: int = 1
 
     # --- Redis --------------------------------------------------------------------------

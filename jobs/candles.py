@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 if __name__ == "__main__":  # under `flink run -py` only this file's folder is on sys.path
@@ -20,51 +18,14 @@ if __name__ == "__main__":  # under `flink run -py` only this file's folder is o
 
 from infra.connectors import Endpoints
 from infra.settings import Settings, get_settings
-from jobs.flink_env import table_env
-from jobs.sqlfile import is_insert, load_statements
+from jobs.flink_env import JobHandle, parse_offsets, submit_sql
 
 log = logging.getLogger("candleflow.candles")
 SQL_FILE = "candles.sql"
 
 
-@dataclass
-class JobHandle:
-    result: object  # pyflink TableResult
-    jvm_start_s: float
-    submitted_at: float
-
-    @property
-    def job_id(self) -> str:
-        client = self.result.get_job_client()  # type: ignore[attr-defined]
-        return str(client.get_job_id()) if client else "?"
-
-    def wait(self) -> None:
-        self.result.wait()  # type: ignore[attr-defined]
-
-
 def submit(endpoints: Endpoints, *, job_name: str = "candleflow-candles") -> JobHandle:
-    settings = endpoints.settings
-    t0 = time.monotonic()
-    t_env = table_env(settings, job_name)
-    jvm_s = time.monotonic() - t0
-    statements = load_statements(SQL_FILE, endpoints.candles_params())
-    stmt_set = t_env.create_statement_set()
-    for stmt in statements:
-        if is_insert(stmt):
-            stmt_set.add_insert_sql(stmt)
-        else:
-            t_env.execute_sql(stmt)
-    result = stmt_set.execute()
-    handle = JobHandle(result, jvm_s, time.monotonic())
-    log.info("submitted %s (job %s), JVM start %.1fs", job_name, handle.job_id, jvm_s)
-    return handle
-
-
-def parse_offsets(text: str | None) -> dict[int, int] | None:
-    """'0:1234,1:99' -> {0: 1234, 1: 99}."""
-    if not text:
-        return None
-    return {int(p): int(o) for p, o in (item.split(":") for item in text.split(","))}
+    return submit_sql(endpoints.settings, SQL_FILE, endpoints.candles_params(), job_name)
 
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> None:

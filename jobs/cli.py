@@ -28,11 +28,13 @@ ingest_app = typer.Typer(
     help="Put trades on the `trades` topic (files or exchanges).", no_args_is_help=True
 )
 candles_app = typer.Typer(help="The candles Flink SQL job.", no_args_is_help=True)
+features_app = typer.Typer(help="The indicator features Flink job.", no_args_is_help=True)
 flink_app = typer.Typer(
     help="A standalone Flink cluster from the pyflink distribution.", no_args_is_help=True
 )
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(candles_app, name="candles")
+app.add_typer(features_app, name="features")
 app.add_typer(flink_app, name="flink")
 
 
@@ -83,7 +85,13 @@ def up() -> None:
         _fail(str(e))
     ensure_topics(
         s.kafka_bootstrap,
-        [s.topic_trades, s.topic_trades_dlq, s.topic_trades_late, s.topic_candles],
+        [
+            s.topic_trades,
+            s.topic_trades_dlq,
+            s.topic_trades_late,
+            s.topic_candles,
+            s.topic_features,
+        ],
         partitions=s.topic_partitions,
     )
     console.print(f"state and logs: {s.state_dir}")
@@ -234,6 +242,26 @@ def candles_run(
     from jobs.candles import main
 
     main(_job_args(end_offsets, start_offsets) + (["--detach"] if detach else []), settings=s)
+
+
+@features_app.command("run")
+def features_run(
+    target: Target = typer.Option(Target.local, help="local MiniCluster or the standalone cluster"),
+    end_offsets: str = typer.Option("", help="bounded replay of `candles`: stop at e.g. '0:157'"),
+    start_offsets: str = typer.Option("", help="start at e.g. '0:0' instead of earliest"),
+    detach: bool = typer.Option(False, help="submit and return"),
+) -> None:
+    """Run the features job: candles -> 30 TA-Lib features per symbol/timeframe -> `features`."""
+    s = get_settings()
+    args = _job_args(end_offsets, start_offsets)
+    if target is Target.cluster:
+        from infra.flink_cluster import FlinkCluster
+
+        script = Path(__file__).parent / "features.py"
+        raise typer.Exit(FlinkCluster(s).run_py(script, args, detach=detach))
+    from jobs.features import main
+
+    main(args + (["--detach"] if detach else []), settings=s)
 
 
 def _job_args(end_offsets: str, start_offsets: str) -> list[str]:

@@ -6,6 +6,8 @@ import logging
 import os
 import sys
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from infra.jars import pipeline_jars
 from infra.settings import Settings
@@ -35,3 +37,52 @@ def table_env(settings: Settings, job_name: str, *, config: dict[str, str] | Non
         conf.set(k, v)
     log.info("TableEnvironment ready in %.1fs (JVM start)", time.monotonic() - t0)
     return t_env
+
+
+@dataclass
+class JobHandle:
+    result: Any  # pyflink TableResult
+    jvm_start_s: float
+    submitted_at: float
+
+    @property
+    def job_id(self) -> str:
+        client = self.result.get_job_client()
+        return str(client.get_job_id()) if client else "?"
+
+    def wait(self) -> None:
+        self.result.wait()
+
+
+def submit_sql(
+    settings: Settings,
+    sql_file: str,
+    params: dict[str, str],
+    job_name: str,
+    functions: dict[str, Any] | None = None,
+) -> JobHandle:
+    """Register ``functions``, run the DDL of ``sql_file`` and submit all its INSERTs as
+    one statement set (one job)."""
+    from jobs.sqlfile import is_insert, load_statements
+
+    t0 = time.monotonic()
+    t_env = table_env(settings, job_name)
+    jvm_s = time.monotonic() - t0
+    for name, fn in (functions or {}).items():
+        t_env.create_temporary_function(name, fn)
+    stmt_set = t_env.create_statement_set()
+    for stmt in load_statements(sql_file, params):
+        if is_insert(stmt):
+            stmt_set.add_insert_sql(stmt)
+        else:
+            t_env.execute_sql(stmt)
+    handle = JobHandle(stmt_set.execute(), jvm_s, time.monotonic())
+    log.info("submitted %s (job %s), JVM start %.1fs", job_name, handle.job_id, jvm_s)
+    return handle
+
+
+def parse_offsets(text: str | None) -> dict[int, int] | None:
+    """'0:1234,1:99' -> {0: 1234, 1: 99}."""
+    if not text:
+        return None
+    return {int(p): int(o) for p, o in (item.split(":") for item in text.split(","))}

@@ -6,7 +6,7 @@
       OVER (PARTITION BY symbol, timeframe ORDER BY rowtime
             ROWS BETWEEN 99 PRECEDING AND CURRENT ROW)
 
-It returns ``ARRAY<DOUBLE>`` in the order of ``FEATURE_NAMES`` (NaN = not ready). Each
+It returns ``ARRAY<DOUBLE>`` in the order of ``FEATURE_NAMES`` (NULL = not ready). Each
 feature reads only its own last ``window`` bars of the frame, so the result equals
 ``compute_series`` on the same bars (tested bit-exact).
 """
@@ -26,7 +26,8 @@ OVER_WINDOW_PRECEDING = MAX_WINDOW - 1
 @udaf(result_type=DataTypes.ARRAY(DataTypes.DOUBLE()), func_type="pandas")
 def features(
     o: pd.Series, h: pd.Series, lo: pd.Series, c: pd.Series, v: pd.Series, w: pd.Series
-) -> list[float]:
+) -> list[float | None]:
     cols = (o, h, lo, c, v, w)
     values = compute_last({k: s.to_numpy(np.float64) for k, s in zip(INPUTS, cols, strict=True)})
-    return [values[n] for n in FEATURE_NAMES]
+    # NaN (warm-up not met) travels as NULL: JSON has no NaN
+    return [None if np.isnan(values[n]) else values[n] for n in FEATURE_NAMES]
