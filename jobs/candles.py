@@ -8,8 +8,6 @@ cluster, with ``flink run -py jobs/candles.py -- [--end-offsets 0:1234]``.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -18,9 +16,8 @@ if __name__ == "__main__":  # under `flink run -py` only this file's folder is o
 
 from infra.connectors import Endpoints
 from infra.settings import Settings, get_settings
-from jobs.flink_env import JobHandle, parse_offsets, submit_sql
+from jobs.flink_env import JobHandle, job_main, submit_sql
 
-log = logging.getLogger("candleflow.candles")
 SQL_FILE = "candles.sql"
 
 
@@ -29,21 +26,7 @@ def submit(endpoints: Endpoints, *, job_name: str = "candleflow-candles") -> Job
 
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="candles", description=__doc__)
-    ap.add_argument("--end-offsets", help="bounded replay: stop at these offsets, e.g. 0:115993")
-    ap.add_argument("--start-offsets", help="start at these offsets instead of earliest")
-    ap.add_argument("--detach", action="store_true", help="submit and return")
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    endpoints = Endpoints(
-        settings or get_settings(),
-        end_offsets=parse_offsets(args.end_offsets),
-        start_offsets=parse_offsets(args.start_offsets),
-    )
-    handle = submit(endpoints)
-    if not args.detach:
-        handle.wait()
-        log.info("job finished")
+    job_main("candles", __doc__, submit, argv, settings or get_settings())
 
 
 if __name__ == "__main__":

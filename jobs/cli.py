@@ -229,19 +229,7 @@ def candles_run(
     detach: bool = typer.Option(False, help="submit and return (cluster target)"),
 ) -> None:
     """Run the candles job: trades -> 1m/5m/15m/1h candles, DLQ and late trades."""
-    s = get_settings()
-    if target is Target.cluster:
-        from infra.flink_cluster import FlinkCluster
-
-        rc = FlinkCluster(s).run_py(
-            Path(__file__).parent / "candles.py",
-            _job_args(end_offsets, start_offsets),
-            detach=detach,
-        )
-        raise typer.Exit(rc)
-    from jobs.candles import main
-
-    main(_job_args(end_offsets, start_offsets) + (["--detach"] if detach else []), settings=s)
+    _run_job("candles", target, end_offsets, start_offsets, detach)
 
 
 @features_app.command("run")
@@ -252,16 +240,23 @@ def features_run(
     detach: bool = typer.Option(False, help="submit and return"),
 ) -> None:
     """Run the features job: candles -> 30 TA-Lib features per symbol/timeframe -> `features`."""
+    _run_job("features", target, end_offsets, start_offsets, detach)
+
+
+def _run_job(name: str, target: Target, end_offsets: str, start_offsets: str, detach: bool) -> None:
+    """Same job file either way: in-process MiniCluster, or `flink run -py` on the cluster."""
+    import importlib
+
     s = get_settings()
     args = _job_args(end_offsets, start_offsets)
     if target is Target.cluster:
         from infra.flink_cluster import FlinkCluster
 
-        script = Path(__file__).parent / "features.py"
+        script = Path(__file__).parent / f"{name}.py"
         raise typer.Exit(FlinkCluster(s).run_py(script, args, detach=detach))
-    from jobs.features import main
-
-    main(args + (["--detach"] if detach else []), settings=s)
+    importlib.import_module(f"jobs.{name}").main(
+        args + (["--detach"] if detach else []), settings=s
+    )
 
 
 def _job_args(end_offsets: str, start_offsets: str) -> list[str]:

@@ -6,11 +6,15 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infra.jars import pipeline_jars
 from infra.settings import Settings
+
+if TYPE_CHECKING:
+    from infra.connectors import Endpoints
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +90,33 @@ def parse_offsets(text: str | None) -> dict[int, int] | None:
     if not text:
         return None
     return {int(p): int(o) for p, o in (item.split(":") for item in text.split(","))}
+
+
+def job_main(
+    prog: str,
+    doc: str | None,
+    submit: Callable[[Endpoints], JobHandle],
+    argv: list[str] | None,
+    settings: Settings,
+) -> None:
+    """Command-line entry of a job file (also what `flink run -py FILE -- ARGS` calls)."""
+    import argparse
+
+    from infra.connectors import Endpoints
+
+    ap = argparse.ArgumentParser(prog=prog, description=doc)
+    ap.add_argument("--end-offsets", help="bounded replay: stop at these offsets, e.g. 0:115993")
+    ap.add_argument("--start-offsets", help="start at these offsets instead of earliest")
+    ap.add_argument("--detach", action="store_true", help="submit and return")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    handle = submit(
+        Endpoints(
+            settings,
+            end_offsets=parse_offsets(args.end_offsets),
+            start_offsets=parse_offsets(args.start_offsets),
+        )
+    )
+    if not args.detach:
+        handle.wait()
+        log.info("%s finished", prog)
