@@ -255,6 +255,147 @@ class RedisServer(LocalService):
             return False
 
 
+_CLICKHOUSE_CONFIG = """<?xml version="1.0"?>
+<yandex>
+    <logger>
+        <level>warning</level>
+        <log>{logs}/clickhouse-server.log</log>
+        <errorlog>{logs}/clickhouse-server.err.log</errorlog>
+        <size>10M</size>
+        <count>2</count>
+    </logger>
+    <listen_host>{host}</listen_host>
+    <tcp_port>{port}</tcp_port>
+    <http_port>{http_port}</http_port>
+    <path>{data}/</path>
+    <tmp_path>{data}/tmp/</tmp_path>
+    <user_files_path>{data}/user_files/</user_files_path>
+    <format_schema_path>{data}/format_schemas/</format_schema_path>
+    <users_config>{users}</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <timezone>UTC</timezone>
+    <mark_cache_size>268435456</mark_cache_size>
+    <max_concurrent_queries>64</max_concurrent_queries>
+</yandex>
+"""
+
+_CLICKHOUSE_USERS = """<?xml version="1.0"?>
+<yandex>
+    <profiles>
+        <default>
+            <max_memory_usage>4000000000</max_memory_usage>
+            <max_threads>{threads}</max_threads>
+        </default>
+    </profiles>
+    <users>
+        <default>
+            <password></password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+    </users>
+    <quotas>
+        <default>
+            <interval>
+                <duration>3600</duration>
+                <queries>0</queries>
+                <errors>0</errors>
+                <result_rows>0</result_rows>
+                <read_rows>0</read_rows>
+                <execution_time>0</execution_time>
+            </interval>
+        </default>
+    </quotas>
+</yandex>
+"""
+
+
+def clickhouse_server_binary() -> Path:
+    """``clickhouse-server`` from Debian's apt package (18.16; installed in /usr/sbin)."""
+    import shutil
+
+    for cand in (shutil.which("clickhouse-server"), "/usr/sbin/clickhouse-server"):
+        if cand and Path(cand).exists():
+            return Path(cand)
+    raise ServiceError(
+        "clickhouse-server is not installed: `apt-get install -y clickhouse-server` "
+        "(Debian bookworm ships 18.16); or use the embedded default "
+        "CANDLEFLOW_CLICKHOUSE_URL=chdb://PATH"
+    )
+
+
+@dataclass(kw_only=True)
+class ClickHouseServer(LocalService):
+    """Debian's clickhouse-server 18.16 with a generated minimal config under state_dir.
+
+    ``port`` is the native TCP port (clickhouse-driver), ``http_port`` the HTTP one. Data
+    persists in ``state_dir/clickhouse``. It runs as whatever user starts it (root works).
+    """
+
+    name: str = "clickhouse"
+    http_port: int = 18123
+    threads: int = 2
+
+    @property
+    def url(self) -> str:
+        return f"clickhouse://{self.host}:{self.port}/default"
+
+    def url_for(self, database: str) -> str:
+        return f"clickhouse://{self.host}:{self.port}/{database}"
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / "config.xml"
+
+    def command(self) -> list[str]:
+        binary = clickhouse_server_binary()
+        users = self.data_dir / "users.xml"
+        users.write_text(_CLICKHOUSE_USERS.format(threads=self.threads))
+        self.config_file.write_text(
+            _CLICKHOUSE_CONFIG.format(
+                logs=self.log_file.parent,
+                host=self.host,
+                port=self.port,
+                http_port=self.http_port,
+                data=self.data_dir / "data",
+                users=users,
+            )
+        )
+        return [str(binary), f"--config-file={self.config_file}"]
+
+    def start(self) -> str:
+        if port_open(self.host, self.http_port) and not self.pid():
+            raise ServiceError(
+                f"{self.name}: HTTP port {self.host}:{self.http_port} is already in use by "
+                "another process; set CANDLEFLOW_CLICKHOUSE_HTTP_PORT"
+            )
+        return super().start()
+
+    def healthy(self) -> bool:
+        if not port_open(self.host, self.port):
+            return False
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(
+                f"http://{self.host}:{self.http_port}/ping", timeout=2
+            ) as r:
+                return bool(r.read().strip() == b"Ok.")
+        except OSError:
+            return False
+
+
+def clickhouse_service(settings: object | None = None) -> ClickHouseServer:
+    from infra.settings import Settings, get_settings
+
+    s = settings if isinstance(settings, Settings) else get_settings()
+    return ClickHouseServer(
+        port=s.clickhouse_port, http_port=s.clickhouse_http_port, state_dir=s.state_dir
+    )
+
+
 def local_stack(settings: object | None = None) -> list[LocalService]:
     from infra.settings import Settings, get_settings
 

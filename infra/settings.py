@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +41,14 @@ class Settings(BaseSettings):
     redis_host: str = "127.0.0.1"
     redis_port: int = 16379
 
+    # --- ClickHouse analytics store (infra/clickhouse.py) ---------------------------------
+    # clickhouse://[user[:password]@]host:port/database (a server) or chdb://PATH (embedded
+    # chDB); empty = chdb://<state_dir>/chdb. `candleflow up --clickhouse` starts a local
+    # 18.16 server on the two ports below.
+    clickhouse_url: str = ""
+    clickhouse_port: int = 19000
+    clickhouse_http_port: int = 18123
+
     # --- candles job --------------------------------------------------------------------
     watermark_delay_ms: int = Field(5_000, ge=0, description="allowed out-of-orderness")
     idle_timeout_ms: int = Field(10_000, ge=0, description="idle partition timeout")
@@ -59,6 +67,12 @@ class Settings(BaseSettings):
     flink_slots_per_tm: int = 2
     flink_tm_memory: str = "1600m"
     flink_jm_memory: str = "1024m"
+
+    @model_validator(mode="after")
+    def _default_clickhouse_url(self) -> Settings:
+        if not self.clickhouse_url:
+            self.clickhouse_url = f"chdb://{self.state_dir.resolve() / 'chdb'}"
+        return self
 
     @property
     def redis_url(self) -> str:

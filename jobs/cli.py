@@ -36,6 +36,11 @@ app.add_typer(ingest_app, name="ingest")
 app.add_typer(candles_app, name="candles")
 app.add_typer(features_app, name="features")
 app.add_typer(flink_app, name="flink")
+clickhouse_app = typer.Typer(
+    help="The ClickHouse analytics store (CANDLEFLOW_CLICKHOUSE_URL: server or chDB).",
+    no_args_is_help=True,
+)
+app.add_typer(clickhouse_app, name="clickhouse")
 
 
 class Target(StrEnum):
@@ -68,19 +73,27 @@ def _fail(msg: str) -> None:
 
 # --------------------------------------------------------------------------- local stack
 @app.command()
-def up() -> None:
+def up(
+    clickhouse: bool = typer.Option(
+        False, "--clickhouse", help="also start a local ClickHouse 18.16 server (apt package)"
+    ),
+) -> None:
     """Start the local broker (Tansu) and Redis on loopback; idempotent.
 
     Ports and the state folder come from settings (CANDLEFLOW_KAFKA_BOOTSTRAP,
-    CANDLEFLOW_REDIS_PORT, CANDLEFLOW_STATE_DIR).
+    CANDLEFLOW_REDIS_PORT, CANDLEFLOW_STATE_DIR; CANDLEFLOW_CLICKHOUSE_PORT/_HTTP_PORT).
     """
     from infra.kafka import ensure_topics
-    from infra.local import ServiceError, local_stack
+    from infra.local import ServiceError, clickhouse_service, local_stack
 
     s = get_settings()
     try:
         for svc in local_stack(s):
             console.print(svc.start())
+        if clickhouse:
+            ch = clickhouse_service(s)
+            console.print(ch.start())
+            console.print(f"use it: CANDLEFLOW_CLICKHOUSE_URL={ch.url_for('candleflow')}")
     except ServiceError as e:
         _fail(str(e))
     ensure_topics(
@@ -99,9 +112,13 @@ def up() -> None:
 
 @app.command()
 def down() -> None:
-    """Stop the local broker and Redis (broker data is in memory and is lost)."""
-    from infra.local import local_stack
+    """Stop the local broker and Redis (broker data is in memory and is lost), and the
+    local ClickHouse server if it runs (its data stays in the state folder)."""
+    from infra.local import clickhouse_service, local_stack
 
+    ch = clickhouse_service(get_settings())
+    if ch.pid():
+        console.print(ch.stop())
     for svc in reversed(local_stack(get_settings())):
         console.print(svc.stop())
 
@@ -116,6 +133,9 @@ def status() -> None:
     t = Table("service", "status")
     for svc in local_stack(s):
         t.add_row(svc.name, svc.status())
+    from infra.local import clickhouse_service
+
+    t.add_row("clickhouse", clickhouse_service(s).status())
     t.add_row("flink", FlinkCluster(s).status())
     console.print(t)
 
@@ -296,6 +316,57 @@ def flink_status() -> None:
     from infra.flink_cluster import FlinkCluster
 
     console.print(FlinkCluster(get_settings()).status())
+
+
+# -------------------------------------------------------------------------- clickhouse
+@clickhouse_app.command("migrate")
+def clickhouse_migrate(
+    url: str = typer.Option("", help="override CANDLEFLOW_CLICKHOUSE_URL"),
+) -> None:
+    """Apply sql/clickhouse/NNN_*.sql not yet in schema_migrations (re-runnable)."""
+    from infra.clickhouse import ClickHouseError, connect
+
+    try:
+        with connect(url or get_settings()) as store:
+            applied = store.migrate()
+            console.print(
+                f"{store.backend} {store.version()} database {store.database}: "
+                + (f"applied {', '.join(applied)}" if applied else "up to date")
+            )
+    except ClickHouseError as e:
+        _fail(str(e))
+
+
+@clickhouse_app.command("query")
+def clickhouse_query(
+    sql: str = typer.Argument(..., help="one SQL statement"),
+    url: str = typer.Option("", help="override CANDLEFLOW_CLICKHOUSE_URL"),
+    limit: int = typer.Option(100, help="show at most N rows"),
+) -> None:
+    """Run one statement and print the result as a table."""
+    from infra.clickhouse import ClickHouseError, connect
+
+    try:
+        with connect(url or get_settings()) as store:
+            is_select = sql.lstrip().split(None, 1)[0].upper() in (
+                "SELECT", "SHOW", "DESCRIBE", "DESC", "EXISTS", "WITH",
+            )  # fmt: skip
+            if not is_select:
+                store.execute(sql)
+                console.print("ok")
+                return
+            rows = store.query(sql)
+    except ClickHouseError as e:
+        _fail(str(e))
+        return
+    except Exception as e:  # the server's / chDB's own error text is the useful part
+        _fail(str(e).strip().splitlines()[0] if str(e).strip() else repr(e))
+        return
+    t = Table(*(rows[0].keys() if rows else []))
+    for r in rows[:limit]:
+        t.add_row(*("NULL" if v is None else str(v) for v in r.values()))
+    Console().print(t)
+    console.print(f"{len(rows):,} row(s)" + (f", first {limit} shown" if len(rows) > limit else ""))
 
 
 def _progress() -> Progress:

@@ -1,7 +1,8 @@
 """Session fixtures: real local services on random loopback ports, isolated per session.
 
 Nothing here is mocked: ``broker`` is a Tansu process (Kafka protocol), ``redis_server``
-a redis-server process, and topics are unique per test (``topics`` fixture).
+a redis-server process, ``clickhouse_server`` Debian's clickhouse-server 18.16, and topics
+are unique per test (``topics`` fixture).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from infra.kafka import ensure_topics
-from infra.local import RedisServer, TansuBroker, free_port
+from infra.local import ClickHouseServer, RedisServer, TansuBroker, free_port
 from infra.settings import SHARED_DATA, Settings
 
 TRADES_PARQUET = SHARED_DATA / "binance_trades_sample.parquet"
@@ -39,6 +40,15 @@ def redis_server(state_dir: Path) -> Iterator[RedisServer]:
     r.start()
     yield r
     r.stop()
+
+
+@pytest.fixture(scope="session")
+def clickhouse_server(state_dir: Path) -> Iterator[ClickHouseServer]:
+    """Debian's clickhouse-server 18.16 (apt) on random loopback ports."""
+    c = ClickHouseServer(port=free_port(), http_port=free_port(), state_dir=state_dir)
+    c.start()
+    yield c
+    c.stop()
 
 
 def make_settings(broker: TansuBroker, state_dir: Path, **overrides: object) -> Settings:
