@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     clickhouse_port: int = 19000
     clickhouse_http_port: int = 18123
 
+    # --- Feast feature store (feature_repo/, infra/feature_store.py) ---------------------
+    feast_repo: Path = Field(REPO_ROOT / "feature_repo", description="Feast repo folder")
+    feast_project: str = Field("candleflow", description="Feast project (Redis key prefix)")
+    feast_dir: Path | None = Field(None, description="registry + offline parquet; STATE_DIR/feast")
+    feast_ttl_s: int = Field(7_200, gt=0, description="feature TTL: PIT lookback, staleness")
+
     # --- candles job --------------------------------------------------------------------
     watermark_delay_ms: int = Field(5_000, ge=0, description="allowed out-of-orderness")
     idle_timeout_ms: int = Field(10_000, ge=0, description="idle partition timeout")
@@ -77,6 +83,19 @@ class Settings(BaseSettings):
     @property
     def redis_url(self) -> str:
         return f"redis://{self.redis_host}:{self.redis_port}/0"
+
+    @property
+    def feast_home(self) -> Path:
+        return self.feast_dir or self.state_dir / "feast"
+
+    @property
+    def feast_registry(self) -> Path:
+        return self.feast_home / "registry.db"
+
+    @property
+    def feast_offline_dir(self) -> Path:
+        """Offline store: parquet part files of `features` rows (one file per batch)."""
+        return self.feast_home / "offline" / "features"
 
     @property
     def logs_dir(self) -> Path:

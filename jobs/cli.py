@@ -41,6 +41,15 @@ clickhouse_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(clickhouse_app, name="clickhouse")
+feast_app = typer.Typer(
+    help="The Feast feature store (feature_repo/): env for the feast CLI, apply.",
+    no_args_is_help=True,
+)
+dataset_app = typer.Typer(
+    help="Training sets: point-in-time features from Feast + labels.", no_args_is_help=True
+)
+app.add_typer(feast_app, name="feast")
+app.add_typer(dataset_app, name="dataset")
 
 
 class Target(StrEnum):
@@ -316,6 +325,92 @@ def flink_status() -> None:
     from infra.flink_cluster import FlinkCluster
 
     console.print(FlinkCluster(get_settings()).status())
+
+
+# ------------------------------------------------------------------------------- feast
+@feast_app.command("env")
+def feast_env_cmd() -> None:
+    """Print `export` lines for the feast CLI: eval "$(candleflow feast env)".
+
+    feature_repo/feature_store.yaml and its definitions read these resolved settings
+    (project, state folder, Redis host/port, TTL).
+    """
+    import shlex
+
+    from infra.feature_store import feast_env
+
+    for k, v in feast_env(get_settings()).items():
+        print(f"export {k}={shlex.quote(v)}")
+
+
+@feast_app.command("apply")
+def feast_apply() -> None:
+    """Register entities, sources, feature views and the model_v1 service (= feast apply)."""
+    from infra.feature_store import FeatureStoreClient
+
+    s = get_settings()
+    FeatureStoreClient(s).apply()
+    console.print(f"applied project {s.feast_project!r}; registry {s.feast_registry}")
+
+
+# ----------------------------------------------------------------------------- dataset
+@dataset_app.command("build")
+def dataset_build(
+    start: str = typer.Option(..., help="first bar event time, ISO (UTC if no zone)"),
+    end: str = typer.Option(..., help="end (exclusive), ISO"),
+    label: list[str] = typer.Option(
+        ..., help="fwd_ret_N (N bars ahead); repeat or comma-separate for several"
+    ),
+    out: Path = typer.Option(..., help="output parquet file"),
+    symbols: str = typer.Option("", help="comma-separated symbols (default: all)"),
+    timeframe: list[str] = typer.Option([], help="timeframes, e.g. 1m (default: all)"),
+    flat_threshold: float = typer.Option(
+        0.001, help="class: up if fwd_ret > T, down if < -T, else flat"
+    ),
+) -> None:
+    """Training set: Feast point-in-time features (model_v1) + forward-return labels.
+
+    Rows are bars with event time in [start, end); rows whose label is unknown (end of
+    data, missing future bar) are dropped. Labels look ahead, features never do.
+    """
+    import pandas as pd
+
+    from jobs.dataset import build_dataset
+
+    try:
+        t_start, t_end = pd.Timestamp(start), pd.Timestamp(end)
+    except ValueError as e:
+        _fail(f"bad --start/--end: {e}")
+        return
+    with _progress() as prog:
+        task = prog.add_task("point-in-time join", total=None)
+
+        def advance(done: int, total: int) -> None:
+            prog.update(task, completed=done, total=total)
+
+        try:
+            res = build_dataset(
+                get_settings(),
+                t_start,
+                t_end,
+                label,
+                out,
+                symbols=[x.strip() for x in symbols.split(",") if x.strip()] or None,
+                timeframes=timeframe or None,
+                flat_threshold=flat_threshold,
+                on_progress=advance,
+            )
+        except (ValueError, FileNotFoundError) as e:
+            _fail(str(e))
+            return
+    console.print(
+        f"wrote {res.rows:,} rows to {res.path} in {res.seconds:.1f} s "
+        f"({res.dropped_unknown_label:,} dropped: label unknown)"
+    )
+    t = Table("label", "down", "flat", "up")
+    for name, counts in res.balance.items():
+        t.add_row(name, *(f"{counts[c]:,}" for c in ("down", "flat", "up")))
+    console.print(t)
 
 
 # -------------------------------------------------------------------------- clickhouse
