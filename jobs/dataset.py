@@ -36,6 +36,7 @@ from infra.feature_store import (
     ENTITY_TS,
     EVENT_TS,
     FeatureStoreClient,
+    to_feature_frame,
 )
 from infra.settings import Settings
 
@@ -150,7 +151,7 @@ def build_dataset(
     ``on_progress(done, total)`` is called after each chunk of entity rows.
     """
     t0 = time.monotonic()
-    start, end = _utc(start), _utc(end)
+    start, end = utc_ts(start), utc_ts(end)
     if end <= start:
         raise ValueError(f"--end {end} must be after --start {start}")
     horizons = parse_labels(labels)
@@ -203,6 +204,35 @@ def build_dataset(
     return res
 
 
-def _utc(ts: pd.Timestamp) -> pd.Timestamp:
+def feature_rows_from_candles(candles: pd.DataFrame, timeframe: str) -> pd.DataFrame:
+    """`features` rows (as the Flink features job writes them) from candles in batch.
+
+    ``candles``: symbol, ts_ms (bar start), open, high, low, close, volume and optionally
+    vwap (default: the (h+l+c)/3 proxy) and trade_count. Each symbol's bars must be
+    consecutive; features use udfs.indicators.compute_series (same definition as the job).
+    """
+    from udfs.indicators import INPUTS, compute_series
+
+    step = timeframe_ms(timeframe)
+    out = []
+    for _, g in candles.groupby("symbol", sort=True):
+        g = g.sort_values("ts_ms").reset_index(drop=True)
+        if "vwap" not in g:
+            g["vwap"] = (g.high + g.low + g.close) / 3
+        if "trade_count" not in g:
+            g["trade_count"] = 0
+        f = pd.DataFrame(compute_series({k: g[k].to_numpy(np.float64) for k in INPUTS}))
+        rows = pd.concat([g, f], axis=1)
+        rows["timeframe"] = timeframe
+        rows["window_start_ms"] = g.ts_ms
+        rows["window_end_ms"] = g.ts_ms + step
+        rows["features_ready"] = f.notna().all(axis=1)
+        rows[EVENT_TS] = pd.to_datetime(rows.window_end_ms - 1, unit="ms", utc=True)
+        rows["computed_at"] = pd.Timestamp.now(tz="UTC")
+        out.append(rows)
+    return to_feature_frame(pd.concat(out, ignore_index=True))
+
+
+def utc_ts(ts: pd.Timestamp) -> pd.Timestamp:
     ts = pd.Timestamp(ts)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
