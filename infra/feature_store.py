@@ -9,6 +9,8 @@ No pyflink import. One place builds everything Feast needs from :class:`Settings
 - :func:`repo_config` reads ``feature_repo/feature_store.yaml`` and fills its ``${VAR}``
   placeholders from settings (the ``feast`` CLI fills them from the environment instead,
   see :func:`feast_env`), so both read one file.
+- :class:`OfflineFiles` is the offline folder of parquet part files (write, read, compact)
+  and needs no Feast import (Feast takes ~9 s to import here).
 - :class:`FeatureStoreClient` wraps the ``FeatureStore``: ``apply``, ``write_offline``
   (batch parquet appends), ``push_online`` (``PushMode.ONLINE``), ``online_features``,
   ``historical_features`` and ``compact_offline``.
@@ -229,12 +231,12 @@ def to_feature_frame(rows: pd.DataFrame | Iterable[dict[str, Any]]) -> pd.DataFr
     ``computed_at`` is now. Nulls in feature columns become NaN.
     """
     df = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    if df.empty:
+        return SCHEMA.empty_table().to_pandas()
     if EVENT_TS not in df:
         df[EVENT_TS] = pd.to_datetime(df["window_end_ms"].astype("int64") - 1, unit="ms")
     if CREATED_TS not in df:
         df[CREATED_TS] = pd.Timestamp.now(tz="UTC")
-    if "window_start_ms" not in df:
-        df["window_start_ms"] = -1
     for c in (EVENT_TS, CREATED_TS):
         df[c] = pd.to_datetime(df[c], utc=True, format="mixed").astype("datetime64[us, UTC]")
     for c in (*PRICE_COLUMNS, *FEATURE_NAMES):
@@ -247,15 +249,50 @@ def to_feature_frame(rows: pd.DataFrame | Iterable[dict[str, Any]]) -> pd.DataFr
     return df.loc[:, list(COLUMNS)].reset_index(drop=True)
 
 
-def _write_parquet(df: pd.DataFrame, folder: Path, name: str) -> Path:
-    """Atomic: written to a hidden temp name (not matched by ``*.parquet``), then renamed."""
-    folder.mkdir(parents=True, exist_ok=True)
-    table = pa.Table.from_pandas(df, schema=SCHEMA, preserve_index=False)
-    tmp = folder / f".{name}.tmp"
-    pq.write_table(table, tmp)
-    final = folder / name
-    os.replace(tmp, final)
-    return final
+class OfflineFiles:
+    """The offline store's folder of parquet part files (no Feast import needed).
+
+    Each write is one new file, written to a hidden temp name (not matched by the
+    ``*.parquet`` glob) and renamed, so readers never see a partial file. Compaction only
+    removes the files it read; a reader that sees the compacted file and an old one at
+    the same time gets duplicates, which the point-in-time join collapses anyway.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def files(self) -> list[Path]:
+        return sorted(self.folder.glob("*.parquet"))
+
+    def _write(self, df: pd.DataFrame, tag: str) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"part-{time.time_ns()}-{tag}.parquet"
+        tmp = self.folder / f".{name}.tmp"
+        pq.write_table(pa.Table.from_pandas(df, schema=SCHEMA, preserve_index=False), tmp)
+        os.replace(tmp, self.folder / name)
+        return self.folder / name
+
+    def write(self, rows: pd.DataFrame | Iterable[dict[str, Any]]) -> Path | None:
+        """Append one batch of feature rows as a new part file (None if empty)."""
+        df = to_feature_frame(rows)
+        return None if df.empty else self._write(df, uuid.uuid4().hex[:8])
+
+    def read(self) -> pd.DataFrame:
+        """All rows, one per (symbol, timeframe, event_time): the latest computed_at."""
+        files = self.files()
+        if not files:
+            return to_feature_frame([])
+        return dedupe(pq.read_table(files, schema=SCHEMA).to_pandas())
+
+    def compact(self) -> int:
+        """Rewrite all part files as one deduplicated file; returns its row count."""
+        files = self.files()
+        df = self.read()
+        if len(files) > 1:
+            self._write(df, "compact")
+            for f in files:
+                f.unlink()
+        return len(df)
 
 
 # ----------------------------------------------------------------------------- client
@@ -266,6 +303,7 @@ class FeatureStoreClient:
         from feast import FeatureStore
 
         self.settings = settings
+        self.offline = OfflineFiles(settings.feast_offline_dir)
         self.defs = definitions(settings)
         self.store: FeatureStore = FeatureStore(
             repo_path=str(settings.feast_repo), config=repo_config(settings)
@@ -280,7 +318,7 @@ class FeatureStoreClient:
 
     # -- offline -----------------------------------------------------------------------
     def offline_files(self) -> list[Path]:
-        return sorted(self.settings.feast_offline_dir.glob("*.parquet"))
+        return self.offline.files()
 
     def write_offline(self, rows: pd.DataFrame | Iterable[dict[str, Any]]) -> Path | None:
         """Append one batch of feature rows as a new parquet part file (None if empty).
@@ -288,32 +326,13 @@ class FeatureStoreClient:
         Re-writing rows already there is harmless for training sets: duplicates of an
         (entity, event_time) collapse to the one with the latest ``computed_at``.
         """
-        df = to_feature_frame(rows)
-        if df.empty:
-            return None
-        name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
-        return _write_parquet(df, self.settings.feast_offline_dir, name)
+        return self.offline.write(rows)
 
     def read_offline(self) -> pd.DataFrame:
-        """All offline rows, one per (symbol, timeframe, event_time): latest computed_at."""
-        files = self.offline_files()
-        if not files:
-            return to_feature_frame(pd.DataFrame(columns=list(COLUMNS)))
-        df = pq.read_table(files, schema=SCHEMA).to_pandas()
-        return dedupe(df)
+        return self.offline.read()
 
     def compact_offline(self) -> int:
-        """Rewrite all part files as one deduplicated file; returns the row count."""
-        files = self.offline_files()
-        if len(files) <= 1:
-            return len(self.read_offline())
-        df = self.read_offline()
-        _write_parquet(
-            df, self.settings.feast_offline_dir, f"part-{time.time_ns()}-compact.parquet"
-        )
-        for f in files:
-            f.unlink()
-        return len(df)
+        return self.offline.compact()
 
     def historical_features(
         self, entity_df: pd.DataFrame, features: Sequence[str] | None = None

@@ -70,7 +70,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug log
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False)],
     )
-    for noisy in ("kafka", "py4j"):
+    for noisy in ("kafka", "py4j", "feast"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("apache_beam").setLevel(logging.ERROR)  # optional GCS/BigQuery imports
 

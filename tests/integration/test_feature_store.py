@@ -34,10 +34,7 @@ from jobs.dataset import build_dataset, parse_labels, timeframe_ms
 from tests.conftest import CANDLES_CSV
 from udfs.indicators import FEATURE_NAMES, INPUTS, compute_series
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.filterwarnings("ignore:fetch_arrow_table:DeprecationWarning"),  # ibis -> duckdb 2
-]
+pytestmark = pytest.mark.integration
 BARS = 300  # 1m bars per symbol (5 h)
 TTL_S = 600  # short TTL in tests so that gaps longer than it give nulls
 GAP = ("ETHUSDT", 120, 150)  # 30 bars of ETHUSDT removed: a gap longer than the TTL
