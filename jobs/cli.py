@@ -113,6 +113,7 @@ def up(
             s.topic_trades_late,
             s.topic_candles,
             s.topic_features,
+            s.topic_features_dlq,
         ],
         partitions=s.topic_partitions,
     )
@@ -270,6 +271,47 @@ def features_run(
 ) -> None:
     """Run the features job: candles -> 30 TA-Lib features per symbol/timeframe -> `features`."""
     _run_job("features", target, end_offsets, start_offsets, detach)
+
+
+@features_app.command("write")
+def features_write(
+    group_id: str = typer.Option("", help="consumer group (default CANDLEFLOW_WRITER_GROUP_ID)"),
+    max_batch: int = typer.Option(0, min=0, help="max messages per batch (0 = from settings)"),
+    max_wait_ms: int = typer.Option(0, min=0, help="max wait to fill a batch (0 = settings)"),
+    once: bool = typer.Option(False, "--once", help="write one non-empty batch, then stop"),
+    until_idle: float = typer.Option(
+        0.0, "--until-idle", help="stop after S seconds without messages (0 = run forever)"
+    ),
+    retry_timeout: float = typer.Option(
+        0.0, help="give up on an unreachable store after S seconds (0 = retry forever)"
+    ),
+    log_every: float = typer.Option(5.0, help="progress log interval, seconds"),
+) -> None:
+    """Write `features` to the offline store, Redis (Feast online) and ClickHouse.
+
+    Micro-batches from a consumer group; offsets are committed only after all three stores
+    (and the dead-letter topic, for malformed messages) have the batch: at-least-once with
+    idempotent writes, so a replay changes nothing visible. Unreachable stores are retried
+    with backoff. SIGTERM/Ctrl-C finishes the current batch and commits it.
+    """
+    from jobs.feature_writer import WriterConfig, run_writer
+
+    s = get_settings()
+    cfg = WriterConfig.from_settings(
+        s,
+        group_id=group_id or None,
+        max_batch=max_batch or None,
+        max_wait_ms=max_wait_ms or None,
+        once=once,
+        until_idle_s=until_idle,
+        retry_timeout_s=retry_timeout,
+        log_every_s=log_every,
+    )
+    st = run_writer(s, cfg)
+    console.print(
+        f"wrote {st.rows:,} rows in {st.batches:,} batches; dead-lettered {st.dead_lettered:,} "
+        f"-> {s.topic_features_dlq}; committed {st.committed}"
+    )
 
 
 def _run_job(name: str, target: Target, end_offsets: str, start_offsets: str, detach: bool) -> None:
