@@ -52,6 +52,7 @@ class Endpoints:
             # Tansu's default group join takes ~23 s; these make it ~instant
             "properties.session.timeout.ms": "6000",
             "properties.heartbeat.interval.ms": "1000",
+            "properties.fetch.max.wait.ms": str(s.kafka_fetch_max_wait_ms),
             "format": fmt,
             "scan.watermark.idle-timeout": f"{s.idle_timeout_ms} ms",
             "scan.watermark.emit.strategy": s.watermark_emit,
@@ -138,12 +139,14 @@ class Endpoints:
         names = FEATURE_NAMES
         return {
             "candles_source": render_with(
-                self.kafka_source(s.topic_candles, fmt="json") | self.extra
+                self.kafka_source(s.topic_candles, fmt="json")
+                | {"scan.watermark.emit.strategy": s.features_watermark_emit}
+                | self.extra
             ),
             "features_sink": render_with(
                 self.kafka_sink(s.topic_features, key_field="feature_key")
             ),
-            "watermark_delay_s": f"{s.watermark_delay_ms / 1000:.3f}",
+            "watermark_delay_s": f"{s.features_watermark_delay_ms / 1000:.3f}",
             "over_preceding": str(MAX_WINDOW - 1),
             "feature_column_types": ",\n    ".join(f"{n} DOUBLE" for n in names),
             "feature_column_values": ",\n    ".join(f"f[{i + 1}]" for i in range(len(names))),

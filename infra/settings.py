@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     topic_candles: str = "candles"
     topic_features: str = "features"
     topic_partitions: int = 1
+    # how long a Flink Kafka source's fetch may wait for data; Kafka answers as soon as data
+    # arrives, but Tansu holds the fetch this long (Kafka's 500 ms default = +250 ms mean
+    # latency per hop, bench/results/features.json); 50 ms costs ~20 idle fetches/s
+    kafka_fetch_max_wait_ms: int = Field(50, ge=0, le=10_000)
 
     # --- Redis --------------------------------------------------------------------------
     redis_host: str = "127.0.0.1"
@@ -72,6 +76,21 @@ class Settings(BaseSettings):
     flink_target: Literal["local", "cluster"] = "local"
     source_connector: Literal["kafka", "filesystem"] = "kafka"
     group_id: str = "candleflow-candles"
+
+    # --- features job (Python UDF execution; defaults chosen by bench/features.py) -------
+    # the candles topic is in event-time order per key (the candles job emits a window when
+    # its watermark passes), so the features source needs little or no out-of-orderness;
+    # every ms here is added to the candle -> feature latency (see README, Features job)
+    # on-periodic (every 200 ms): a bundle of UDAF rows per watermark instead of one round
+    # trip to the Python worker per candle (~3x the rate), and candles of one minute that
+    # arrive together are all emitted on the next tick (see bench/results/features.json)
+    features_watermark_emit: Literal["on-event", "on-periodic"] = "on-periodic"
+    watermark_interval_ms: int = Field(200, ge=1, description="periodic watermark interval")
+    features_watermark_delay_ms: int = Field(0, ge=0, description="candles out-of-orderness")
+    python_execution_mode: Literal["process", "thread"] = "process"
+    python_bundle_size: int = Field(100_000, ge=1, description="max rows per Python bundle")
+    python_bundle_time_ms: int = Field(1_000, ge=1, description="max wait before a bundle")
+    python_arrow_batch_size: int = Field(10_000, ge=1, description="rows per Arrow batch")
 
     # --- Flink standalone cluster ------------------------------------------------------
     flink_rest_port: int = 18081

@@ -19,11 +19,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _python_path_for_thread_mode() -> None:
+    """Thread mode runs UDFs in a CPython embedded in the JVM (pemja), which sees neither this
+    venv nor the repo unless PYTHONPATH names them before the JVM starts."""
+    import site
+
+    from infra.settings import REPO_ROOT
+
+    parts = [str(REPO_ROOT), *site.getsitepackages()]
+    old = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = os.pathsep.join(parts + ([old] if old else []))
+
+
 def table_env(settings: Settings, job_name: str, *, config: dict[str, str] | None = None):
     """A streaming TableEnvironment. Local MiniCluster unless run under ``flink run``."""
     log_dir = settings.logs_dir / "flink"
     log_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("FLINK_LOG_DIR", str(log_dir))  # else logs go to site-packages
+    if settings.python_execution_mode == "thread":
+        _python_path_for_thread_mode()
     t0 = time.monotonic()
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
@@ -36,6 +50,13 @@ def table_env(settings: Settings, job_name: str, *, config: dict[str, str] | Non
         "parallelism.default": str(settings.parallelism),
         "python.executable": sys.executable,
         "python.client.executable": sys.executable,
+        "pipeline.auto-watermark-interval": f"{settings.watermark_interval_ms} ms",
+        "python.execution-mode": settings.python_execution_mode,
+        "python.fn-execution.bundle.size": str(settings.python_bundle_size),
+        "python.fn-execution.bundle.time": str(settings.python_bundle_time_ms),
+        "python.fn-execution.arrow.batch.size": str(
+            min(settings.python_arrow_batch_size, settings.python_bundle_size)
+        ),
     }
     for k, v in (base | (config or {})).items():
         conf.set(k, v)

@@ -43,3 +43,28 @@ def test_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CANDLEFLOW_WATERMARK_DELAY_MS", "750")
     s = Settings()
     assert (s.kafka_host, s.kafka_port, s.watermark_delay_ms) == ("broker", 9093, 750)
+
+
+def test_features_sql_uses_its_own_watermark_settings() -> None:
+    s = Settings(kafka_bootstrap="h:1", watermark_delay_ms=5000, watermark_emit="on-event")
+    stmts = load_statements("features.sql", Endpoints(s, end_offsets={0: 3}).features_params())
+    src = stmts[0]
+    # candles arrive in event-time order per key: no out-of-orderness by default, and
+    # periodic watermarks (one Python bundle per tick, not one per candle)
+    assert "INTERVAL '0.000' SECOND(3)" in src
+    assert "'scan.watermark.emit.strategy' = 'on-periodic'" in src
+    assert "ROWS BETWEEN 99 PRECEDING AND CURRENT ROW" in stmts[1]
+    assert all("${" not in x for x in stmts)
+    s2 = Settings(features_watermark_delay_ms=1500, features_watermark_emit="on-event")
+    src2 = load_statements("features.sql", Endpoints(s2).features_params())[0]
+    assert "INTERVAL '1.500' SECOND(3)" in src2
+    assert "'scan.watermark.emit.strategy' = 'on-event'" in src2
+
+
+def test_python_execution_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CANDLEFLOW_PYTHON_EXECUTION_MODE", "thread")
+    monkeypatch.setenv("CANDLEFLOW_PYTHON_BUNDLE_TIME_MS", "100")
+    s = Settings()
+    assert (s.python_execution_mode, s.python_bundle_time_ms) == ("thread", 100)
+    with pytest.raises(ValueError):
+        Settings(python_execution_mode="fork")  # type: ignore[arg-type]
