@@ -230,6 +230,7 @@ class WriterStats:
     batch_log: list[tuple[float, int, float]] = field(default_factory=list)
     committed: dict[int, int] = field(default_factory=dict)
     dlq_reasons: dict[str, int] = field(default_factory=dict)
+    step_s: dict[str, float] = field(default_factory=dict)  # seconds per write step, summed
 
 
 # ----------------------------------------------------------------------------- writer
@@ -353,9 +354,11 @@ class FeatureWriter:
         last_log = time.monotonic()
         rows_at_last_log = 0
         while not self._stop:
+            t_poll = time.monotonic()
             batch = self._poll_batch()
             now = time.monotonic()
             if batch.messages:
+                self._add_time("poll+parse", t_poll)
                 self._last_msg_at = now
                 self._write_and_commit(batch)
                 if cfg.once:
@@ -411,6 +414,7 @@ class FeatureWriter:
             from infra.feature_store import to_feature_frame
 
             frame = to_feature_frame(batch.rows)
+            self._add_time("frame", t0)
         if batch.dlq:
             self._retrying("dead-letter topic", lambda: self._send_dlq(batch))
         if frame is not None:
@@ -422,7 +426,9 @@ class FeatureWriter:
                 "%s: pausing %.1f s before the commit (test knob)", PAUSE_ENV, self._pause_s
             )
             time.sleep(self._pause_s)
+        t_commit = time.monotonic()
         self._commit(batch)
+        self._add_time("commit", t_commit)
         dt = time.monotonic() - t0
         self.stats.batches += 1
         self.stats.rows += len(batch.rows)
@@ -507,8 +513,13 @@ class FeatureWriter:
             log.warning("commit of %s failed (%s); the rows will be re-delivered", offsets, e)
 
     # -- retries -------------------------------------------------------------------------
+    def _add_time(self, step: str, since: float) -> None:
+        st = self.stats.step_s
+        st[step] = st.get(step, 0.0) + time.monotonic() - since
+
     def _retrying(self, what: str, fn: Callable[[], None]) -> None:
         cfg = self.config
+        t0 = time.monotonic()
         first_failure: list[float] = []
 
         def before_sleep(rs: RetryCallState) -> None:
@@ -537,6 +548,7 @@ class FeatureWriter:
             reraise=True,
         )
         retrying(fn)
+        self._add_time(what, t0)
         if first_failure:
             log.warning(
                 "%s recovered: written after %.1f s of failures",
