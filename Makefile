@@ -44,6 +44,7 @@ demo: install ## end to end on local defaults and the real data in ../shared/dat
 
 bench: install ## benchmarks -> bench/results/*.json
 	$(PY) -m bench.candles --out bench/results/candles.json
+	$(PY) -m bench.features --out bench/results/features.json
 	$(PY) -m bench.store --out bench/results/store.json
 
 up: install ## start the local broker + Redis
