@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import tempfile
 import time
 import uuid
@@ -30,6 +27,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from bench.common import machine_info
 from infra.local import TansuBroker, free_port
 from infra.settings import SHARED_DATA, Settings
 
@@ -331,12 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "benchmark": "candles: Kafka trades -> 1m OHLCV -> Kafka",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cores": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        },
+        "machine": machine_info(),
         "versions": {
             p: version(p)
             for p in ("apache-flink", "quixstreams", "kafka-python", "confluent-kafka")

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -47,6 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.common import machine_info
 from infra.local import TansuBroker, free_port
 from infra.settings import REPO_ROOT, SHARED_DATA, Settings
 
@@ -391,12 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     report = {
         "benchmark": "features: Kafka candles -> 30 TA-Lib features (pandas UDAF, OVER) -> Kafka",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cores": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        },
+        "machine": machine_info(),
         "versions": {p: version(p) for p in ("apache-flink", "ta-lib", "numpy", "pyarrow")},
         "broker": "Tansu 0.6 (memory storage), loopback, 1 partition",
         "input": {"file": CANDLES.name, "bars_per_symbol": args.bars, "candles": len(df)},

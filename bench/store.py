@@ -28,9 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -42,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.common import machine_info
 from infra.local import ClickHouseServer, RedisServer, TansuBroker, free_port
 from infra.settings import SHARED_DATA, Settings
 
@@ -292,15 +291,8 @@ def main() -> None:
         "benchmark": "feature store: writer (Kafka -> offline + Redis + ClickHouse), "
         "Feast online reads, training-set build",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cores": os.cpu_count(),
-            "python": sys.version.split()[0],
-            "platform": platform.platform(),
-            "ram_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            # other work on the machine during the run (1/5/15-minute load averages)
-            "load_avg_start": [round(x, 2) for x in load_start],
-            "load_avg_end": [round(x, 2) for x in os.getloadavg()],
-        },
+        # other work on the machine during the run (1/5/15-minute load averages)
+        "machine": machine_info(load_avg_start=[round(x, 2) for x in load_start]),
         "versions": {
             p: version(p)
             for p in (
