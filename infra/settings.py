@@ -59,6 +59,19 @@ class Settings(BaseSettings):
     feast_dir: Path | None = Field(None, description="registry + offline parquet; STATE_DIR/feast")
     feast_ttl_s: int = Field(7_200, gt=0, description="feature TTL: PIT lookback, staleness")
 
+    # --- training (jobs/train.py) and serving (bentos/predictor) -------------------------
+    # the model store is BentoML's own: $BENTOML_HOME (default ~/bentoml)
+    model_name: str = Field("candleflow_xgb", description="BentoML model name")
+    reports_dir: Path | None = Field(None, description="training reports; STATE_DIR/reports")
+    serving_model_tag: str = Field("", description="model to serve; empty = MODEL_NAME:latest")
+    serving_timeframe: str = Field("1m", description="default timeframe of /predict")
+    # a feature row is stale when now - event_time > timeframe + this (a bar's features are
+    # written once the bar has closed, so a healthy 1m row is at most ~60 s + lag old)
+    serving_max_delay_s: float = Field(120.0, gt=0, description="allowed lag after a bar")
+    serving_model_poll_s: float = Field(30.0, ge=0, description="model store poll; 0 = off")
+    serving_workers: int = Field(1, ge=1, description="bentoml serve worker processes")
+    serving_max_symbols: int = Field(256, ge=1, description="max entities per request")
+
     # --- feature writer (jobs/feature_writer.py: `features` -> offline + Redis + ClickHouse)
     topic_features_dlq: str = "features_dlq"
     writer_group_id: str = "candleflow-feature-writer"
@@ -122,6 +135,14 @@ class Settings(BaseSettings):
     def feast_offline_dir(self) -> Path:
         """Offline store: parquet part files of `features` rows (one file per batch)."""
         return self.feast_home / "offline" / "features"
+
+    @property
+    def reports_home(self) -> Path:
+        return self.reports_dir or self.state_dir / "reports"
+
+    @property
+    def serving_tag(self) -> str:
+        return self.serving_model_tag or f"{self.model_name}:latest"
 
     @property
     def logs_dir(self) -> Path:

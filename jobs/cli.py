@@ -11,7 +11,14 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from infra.settings import Settings, get_settings
@@ -496,6 +503,71 @@ def dataset_build(
     for name, counts in res.balance.items():
         t.add_row(name, *(f"{counts[c]:,}" for c in ("down", "flat", "up")))
     console.print(t)
+
+
+# ------------------------------------------------------------------------------- train
+@app.command("train")
+def train_cmd(
+    dataset: Path = typer.Argument(..., help="training set parquet (candleflow dataset build)"),
+    label: str = typer.Option("fwd_ret_5", help="fwd_ret_N: its 3-class label is the target"),
+    folds: int = typer.Option(5, min=1, help="walk-forward folds (expanding window)"),
+    rounds: int = typer.Option(400, min=1, help="max boosting rounds (early stopping per fold)"),
+    early_stopping: int = typer.Option(30, min=1, help="early stopping patience (rounds)"),
+    max_depth: int = typer.Option(4, min=1),
+    eta: float = typer.Option(0.05, min=0.0),
+    nthread: int = typer.Option(0, min=0, help="XGBoost threads (0 = all cores)"),
+    model_name: str = typer.Option("", help="BentoML model name (default MODEL_NAME)"),
+    reports_dir: Path = typer.Option(None, help="report folder (default REPORTS_DIR)"),
+    save: bool = typer.Option(True, "--save/--no-save", help="save to the BentoML model store"),
+) -> None:
+    """Walk-forward XGBoost training on a Feast training set; saves the booster to the
+    BentoML model store ($BENTOML_HOME) and writes report.json/.md + PNG plots."""
+    from jobs.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        label=label,
+        folds=folds,
+        rounds=rounds,
+        early_stopping=early_stopping,
+        max_depth=max_depth,
+        eta=eta,
+        nthread=nthread,
+    )
+    with _progress() as prog:
+        tasks: dict[str, TaskID] = {}
+
+        def advance(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = prog.add_task(stage, total=total)
+            prog.update(tasks[stage], completed=done, total=total)
+
+        try:
+            res = train(
+                get_settings(),
+                dataset,
+                cfg,
+                save=save,
+                model_name=model_name or None,
+                reports_dir=reports_dir,
+                on_progress=advance,
+            )
+        except (ValueError, FileNotFoundError) as e:
+            _fail(str(e))
+            return
+    t = Table("predictor", "log loss", "accuracy", "AUC OvR", "AUC up", "hit rate", "ret bps")
+    for name, m in res.report["metrics"].items():
+        t.add_row(
+            name,
+            *(
+                "-" if m[k] is None else f"{m[k]:.4f}" if k != "mean_ret_bps" else f"{m[k]:.2f}"
+                for k in ("log_loss", "accuracy", "auc_ovr", "auc_up", "hit_rate", "mean_ret_bps")
+            ),
+        )
+    console.print(t)
+    console.print(
+        f"model {res.tag or '(not saved)'}: {res.report['rows']:,} rows, "
+        f"{res.report['rounds']} rounds, {res.report['seconds']:.1f} s; report {res.report_dir}"
+    )
 
 
 # -------------------------------------------------------------------------- clickhouse

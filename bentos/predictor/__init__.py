@@ -1,0 +1,1 @@
+"""The prediction service: ``bentoml serve bentos/predictor`` (see service.py)."""

@@ -1,0 +1,176 @@
+"""candleflow prediction service (BentoML 1.4, class-based).
+
+    bentoml serve bentos.predictor.service:Predictor         # from the repo root
+    cd bentos/predictor && bentoml serve service:Predictor   # or from here
+    bentoml build -f bentos/predictor/bentofile.yaml .       # a bento (from the repo root)
+
+Settings come from ``CANDLEFLOW_*`` (infra/settings.py): Redis host/port, Feast project and
+registry, ``SERVING_MODEL_TAG`` (default ``MODEL_NAME:latest``), ``SERVING_MAX_DELAY_S``,
+``SERVING_MODEL_POLL_S``, ``SERVING_WORKERS``; the model store is ``$BENTOML_HOME``.
+
+Endpoints (all POST, JSON): ``/predict`` (one or many symbols of one timeframe; all or
+nothing), ``/predict_batch`` (adaptive batching; per-item result or error, for the strategy
+job), ``/reload`` (swap in a new model without downtime), ``/model`` (tag + metadata).
+BentoML adds ``GET /readyz`` (calls ``__is_ready__``: model loaded and Redis answers),
+``/livez``, ``/metrics`` (Prometheus) and ``/docs.json`` (OpenAPI).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from http import HTTPStatus
+from typing import Annotated, Any
+
+import bentoml
+from bentoml.exceptions import BentoMLException
+from pydantic import BaseModel, Field
+
+from bentos.predictor.core import (
+    FeatureMismatch,
+    ModelNotFound,
+    PredictorCore,
+    Refused,
+    Unavailable,
+)
+from infra.settings import get_settings
+
+log = logging.getLogger("candleflow.predictor")
+SETTINGS = get_settings()
+Symbol = Annotated[str, Field(pattern=r"^[A-Z0-9]{2,20}$", examples=["BTCUSDT"])]
+Timeframe = Annotated[str, Field(pattern=r"^[1-9][0-9]{0,3}[smhd]$", examples=["1m"])]
+Staleness = Annotated[float, Field(gt=0, le=1e10, allow_inf_nan=False)]
+
+REQUESTS = bentoml.metrics.Counter(
+    name="candleflow_predictions_total",
+    documentation="predictions made or refused, by endpoint and outcome",
+    labelnames=["endpoint", "outcome"],
+)
+
+
+class PredictError(BentoMLException):
+    """An error with its own HTTP status (404/409/503/...) and a clear message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message, error_code=HTTPStatus(status))
+
+
+class Item(BaseModel):
+    symbol: Symbol
+    timeframe: Timeframe = SETTINGS.serving_timeframe
+    max_staleness_s: Staleness | None = None
+
+
+def _error(ctx: bentoml.Context, status: int, reason: str, message: str) -> dict[str, Any]:
+    """An error body with its status (BentoML hides the message of a raised 5xx)."""
+    ctx.response.status_code = status
+    return {"error": message, "reason": reason}
+
+
+@bentoml.service(
+    name="candleflow-predictor",
+    workers=SETTINGS.serving_workers,
+    traffic={"timeout": 30},
+)
+class Predictor:
+    def __init__(self) -> None:
+        # fails loudly (the server does not start) if the model is missing or its feature
+        # list differs from the feature service's
+        self.core = PredictorCore(get_settings())
+        log.info("serving %s (features of %s)", self.core.model.tag, "model_v1")
+        self._stop = threading.Event()
+        poll = self.core.settings.serving_model_poll_s
+        if poll > 0:
+            threading.Thread(target=self._watch, args=(poll,), daemon=True).start()
+
+    def _watch(self, every: float) -> None:
+        while not self._stop.wait(every):
+            self.core.poll()
+
+    def __is_ready__(self) -> bool:
+        return self.core.ready()
+
+    @bentoml.api(route="/predict")
+    def predict(
+        self,
+        symbols: Annotated[
+            list[Symbol], Field(min_length=1, max_length=SETTINGS.serving_max_symbols)
+        ],
+        timeframe: Timeframe = SETTINGS.serving_timeframe,
+        max_staleness_s: Staleness | None = None,
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> dict[str, Any]:
+        """Probabilities (down/flat/up) for each symbol from its latest online features.
+
+        All or nothing. Errors: ``{"error": message, "reason": ...}`` with 404 (unknown
+        symbol/timeframe), 409 (features not ready or stale), 503 (Redis down).
+        """
+        try:
+            out = self.core.predict(list(symbols), timeframe, max_staleness_s)
+        except Refused as r:
+            REQUESTS.labels(endpoint="predict", outcome=r.reason).inc()
+            return _error(ctx, r.status, r.reason, r.message)
+        except Unavailable as e:
+            REQUESTS.labels(endpoint="predict", outcome="unavailable").inc()
+            return _error(ctx, 503, "unavailable", str(e))
+        except ValueError as e:
+            return _error(ctx, 400, "bad_request", str(e))
+        REQUESTS.labels(endpoint="predict", outcome="ok").inc(len(symbols))
+        return out
+
+    @bentoml.api(route="/predict_batch", batchable=True, max_batch_size=512, max_latency_ms=500)
+    def predict_batch(self, items: list[Item]) -> list[dict[str, Any]]:
+        """Per item: a prediction, or ``{"error": {"status", "reason", "message"}}``.
+
+        Adaptive batching merges concurrent requests into one Feast read and one
+        inplace_predict; one bad item never fails the others. 503 if Redis is down.
+        """
+        try:
+            entities = [(it.symbol, it.timeframe) for it in items]
+            model, out = self.core.predict_many(entities, [it.max_staleness_s for it in items])
+        except Unavailable as e:
+            REQUESTS.labels(endpoint="predict_batch", outcome="unavailable").inc(len(items))
+            raise PredictError(503, str(e)) from None
+        except ValueError as e:
+            raise PredictError(400, str(e)) from None
+        result: list[dict[str, Any]] = []
+        for r in out:
+            if isinstance(r, Refused):
+                REQUESTS.labels(endpoint="predict_batch", outcome=r.reason).inc()
+                result.append(
+                    {"error": {"status": r.status, "reason": r.reason, "message": r.message}}
+                )
+            else:
+                REQUESTS.labels(endpoint="predict_batch", outcome="ok").inc()
+                result.append({"model_tag": model.tag, **r})
+        return result
+
+    @bentoml.api(route="/reload")
+    def reload(
+        self,
+        tag: str = "",
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
+    ) -> dict[str, Any]:
+        """Load a model from the store (default: the configured tag, e.g. ``name:latest``),
+        check its features and swap it in; in-flight requests finish on the old one.
+        404: no such model; 409: its features differ (the old model keeps serving)."""
+        try:
+            return self.core.reload(tag or None)
+        except ModelNotFound as e:
+            return _error(ctx, 404, "unknown_model", str(e))
+        except FeatureMismatch as e:
+            return _error(ctx, 409, "feature_mismatch", str(e))
+        except ValueError as e:
+            return _error(ctx, 400, "bad_request", f"bad tag {tag!r}: {e}")
+
+    @bentoml.api(route="/model")
+    def model(self) -> dict[str, Any]:
+        """The model being served: tag, features, classes, training window, metrics."""
+        m = self.core.model
+        keep = ("training_start", "training_end", "label", "metrics", "feature_service")
+        return {
+            "model_tag": m.tag,
+            "features": list(m.features),
+            "classes": list(m.classes),
+            **{k: m.metadata.get(k) for k in keep},
+        }

@@ -1,0 +1,458 @@
+"""Training + the BentoML prediction service on real services.
+
+Real 2021 Binance 1m candles (3 symbols x 400 bars) -> features (udfs.indicators, the
+features job's definition) -> Feast offline store -> training set (build_dataset) ->
+walk-forward training (jobs.train) -> BentoML model store (a temp $BENTOML_HOME). The latest
+feature row of each symbol is pushed to a real redis-server (Feast online store) with its
+event time moved to now, so it is fresh; other entities are made stale, not warm, or are
+never written. The service is tested in-process (PredictorCore) and over real HTTP
+(a `bentoml serve` subprocess on a free port): predictions equal ``booster.inplace_predict``
+on the same Feast online features; refusals are 404/409, bad bodies 400, Redis down 503.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from infra.feature_store import FeatureStoreClient
+from infra.local import RedisServer, free_port
+from infra.settings import REPO_ROOT, Settings
+from tests.conftest import CANDLES_CSV
+
+pytestmark = pytest.mark.integration
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+BARS = 400
+
+
+@dataclass
+class Env:
+    settings: Settings
+    client: FeatureStoreClient
+    redis: RedisServer
+    bentoml_home: Path
+    tag: str
+    report_dir: Path
+    report: dict[str, Any]
+    env: dict[str, str]
+
+
+def _post(port: int, route: str, body: Any, raw: bytes | None = None) -> tuple[int, Any]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{route}",
+        data=data,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        text = e.read()
+        try:
+            return e.code, json.loads(text)
+        except ValueError:
+            return e.code, text.decode(errors="replace")
+
+
+def _get(port: int, route: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+    except OSError as e:
+        return 0, str(e)
+
+
+def fresh_rows(rows: pd.DataFrame, symbol: str, age_s: float, last: bool = True) -> pd.DataFrame:
+    """One feature row of ``symbol`` (its last, warm one or its first, cold one) re-stamped so
+    that its bar closed ``age_s`` ago."""
+    g = rows[rows.symbol == symbol].sort_values("event_time")
+    row = g.iloc[[-1 if last else 0]].copy()
+    end_ms = int((time.time() - age_s) * 1000) // 1000 * 1000
+    row["window_end_ms"] = end_ms
+    row["window_start_ms"] = end_ms - 60_000
+    row["event_time"] = pd.to_datetime(end_ms - 1, unit="ms", utc=True)
+    row["computed_at"] = pd.Timestamp.now(tz="UTC")
+    return row
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    tmp = tmp_path_factory.mktemp("predictor")
+    home = tmp / "bentoml"
+    os.environ["BENTOML_HOME"] = str(home)  # before the first model store access
+    import bentoml
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    from jobs.dataset import build_dataset, feature_rows_from_candles
+    from jobs.train import TrainConfig, train
+
+    assert BentoMLContainer.model_store_dir.get() == str(home / "models"), (
+        "the BentoML model store was used before this module set BENTOML_HOME"
+    )
+    redis = RedisServer(port=free_port(), state_dir=tmp)  # own server: a test stops it
+    redis.start()
+    s = Settings(
+        state_dir=tmp,
+        feast_dir=tmp / "feast",
+        feast_project=f"p{uuid.uuid4().hex[:10]}",
+        redis_host=redis.host,
+        redis_port=redis.port,
+        model_name="cf_test_model",
+        serving_model_poll_s=1.0,
+    )
+    client = FeatureStoreClient(s)
+    client.apply()
+    candles = pd.read_csv(CANDLES_CSV)
+    candles = candles[candles.symbol.isin(SYMBOLS)].sort_values("ts_ms")
+    candles = candles.groupby("symbol").head(BARS)
+    rows = feature_rows_from_candles(candles, "1m")
+    client.write_offline(rows)
+    t0 = pd.Timestamp(int(candles.ts_ms.min()), unit="ms", tz="UTC")
+    dataset = tmp / "train.parquet"
+    build_dataset(s, t0, t0 + pd.Timedelta(minutes=BARS), ["fwd_ret_5"], dataset, client=client)
+    res = train(s, dataset, TrainConfig(folds=3, rounds=40, early_stopping=10, nthread=1))
+    assert res.tag is not None
+    # online: fresh warm rows for SYMBOLS, a stale one, a cold (not warm) one
+    client.push_online(pd.concat([fresh_rows(rows, sym, 5) for sym in SYMBOLS]))
+    stale = fresh_rows(rows, "BTCUSDT", 3600).assign(symbol="OLDUSDT")
+    cold = fresh_rows(rows, "ETHUSDT", 5, last=False).assign(symbol="COLDUSDT")
+    client.push_online(pd.concat([stale, cold]))
+    proc_env = {
+        **os.environ,
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "CANDLEFLOW_STATE_DIR": str(tmp),
+        "CANDLEFLOW_FEAST_DIR": str(tmp / "feast"),
+        "CANDLEFLOW_FEAST_PROJECT": s.feast_project,
+        "CANDLEFLOW_REDIS_HOST": redis.host,
+        "CANDLEFLOW_REDIS_PORT": str(redis.port),
+        "CANDLEFLOW_MODEL_NAME": s.model_name,
+        "CANDLEFLOW_SERVING_MODEL_POLL_S": "1",
+    }
+    yield Env(s, client, redis, home, res.tag, res.report_dir, res.report, proc_env)
+    redis.stop()
+    del bentoml
+
+
+def expected(env: Env, symbols: list[str], tag: str | None = None) -> np.ndarray:
+    """The oracle: booster.inplace_predict on the Feast online features of ``symbols``."""
+    import bentoml
+
+    from jobs.train import FEATURES, matrix
+
+    booster = bentoml.xgboost.load_model(tag or env.tag)
+    df = env.client.online_features(symbols, "1m")
+    return np.asarray(booster.inplace_predict(matrix(df, FEATURES)))
+
+
+# ------------------------------------------------------------------------- training
+def test_feature_list_is_the_feature_service(env: Env) -> None:
+    from bentos.predictor.core import service_features
+    from infra.feature_store import definitions
+    from jobs.train import FEATURES
+
+    assert service_features(definitions(env.settings).model_v1) == FEATURES
+
+
+def test_training_report_and_model_metadata(env: Env) -> None:
+    import bentoml
+
+    from jobs.train import FEATURES
+
+    for name in ("report.json", "report.md", "feature_importance.png", "calibration.png"):
+        assert (env.report_dir / name).stat().st_size > 0, name
+    assert (env.report_dir / "folds.png").read_bytes()[:4] == b"\x89PNG"
+    report = json.loads((env.report_dir / "report.json").read_text())
+    assert report["model_tag"] == env.tag
+    assert len(report["folds"]) == 3
+    prev_end = None
+    for f in report["folds"]:
+        # expanding window, purged: training ends >= 5 bars before the test block starts
+        assert pd.Timestamp(f["train_end"]) < pd.Timestamp(f["test_start"]) - pd.Timedelta(
+            minutes=5
+        )
+        assert prev_end is None or pd.Timestamp(f["test_start"]) > prev_end
+        prev_end = pd.Timestamp(f["test_end"])
+        for name in ("model", "always_flat", "momentum"):
+            assert 0 < f[name]["log_loss"] < 5
+            assert 0 <= f[name]["accuracy"] <= 1
+        assert f["always_flat"]["hit_rate"] is None
+        assert 0 <= f["model"]["hit_rate"] <= 1
+    meta = bentoml.models.get(env.tag).info.metadata
+    assert meta["features"] == list(FEATURES)
+    assert meta["feature_service"] == "model_v1"
+    assert meta["classes"] == ["down", "flat", "up"]
+    assert set(meta["versions"]) >= {"xgboost-cpu", "feast", "ta-lib", "bentoml"}
+    assert meta["training_start"] < meta["training_end"]
+    assert "Mean over folds" in (env.report_dir / "report.md").read_text()
+
+
+def test_walk_forward_splits_never_train_on_the_future() -> None:
+    from jobs.train import walk_forward_splits
+
+    ts = pd.Series(pd.date_range("2021-01-01", periods=100, freq="1min", tz="UTC"))
+    splits = walk_forward_splits(ts, 4, pd.Timedelta(minutes=5))
+    assert len(splits) == 4
+    for k, (tr, te) in enumerate(splits):
+        assert ts[tr].max() < ts[te].min() - pd.Timedelta(minutes=5)
+        if k:
+            assert len(tr) > len(splits[k - 1][0])  # expanding
+
+
+# ----------------------------------------------------------------------- in-process
+def test_in_process_predictions_equal_inplace_predict(env: Env) -> None:
+    from bentos.predictor.core import PredictorCore
+
+    core = PredictorCore(env.settings, env.client)
+    out = core.predict(list(SYMBOLS), "1m")
+    assert out["model_tag"] == env.tag
+    want = expected(env, list(SYMBOLS))
+    got = np.array(
+        [[p["probabilities"][c] for c in ("down", "flat", "up")] for p in out["predictions"]]
+    )
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
+    for p in out["predictions"]:
+        assert 0 < p["staleness_s"] < 60
+        assert p["event_time"].endswith("Z")
+
+
+def test_in_process_refusals(env: Env) -> None:
+    from bentos.predictor.core import PredictorCore, Refused
+
+    core = PredictorCore(env.settings, env.client)
+    cases = {
+        "DOGEUSDT": (404, "unknown"),
+        "OLDUSDT": (409, "stale"),
+        "COLDUSDT": (409, "not_ready"),
+    }
+    for sym, (status, reason) in cases.items():
+        with pytest.raises(Refused) as e:
+            core.predict(["BTCUSDT", sym], "1m")
+        assert (e.value.status, e.value.reason) == (status, reason), e.value.message
+        assert sym in e.value.message
+    # a caller may accept older features explicitly
+    assert core.predict(["OLDUSDT"], "1m", max_staleness_s=7200)["predictions"]
+    with pytest.raises(Refused) as e:
+        core.predict(["BTCUSDT"], "5m")  # no 5m rows online
+    assert e.value.status == 404
+    _, items = core.predict_many([("BTCUSDT", "1m"), ("DOGEUSDT", "1m"), ("OLDUSDT", "1m")])
+    assert isinstance(items[0], dict)
+    assert [getattr(i, "status", 200) for i in items] == [200, 404, 409]
+
+
+def test_feature_mismatch_fails_loudly_and_reload_keeps_serving(env: Env) -> None:
+    import bentoml
+
+    from bentos.predictor.core import FeatureMismatch, PredictorCore
+    from jobs.train import save_booster
+
+    core = PredictorCore(env.settings, env.client)
+    booster = bentoml.xgboost.load_model(env.tag)
+    meta = dict(bentoml.models.get(env.tag).info.metadata)
+    swapped = list(meta["features"])
+    swapped[0], swapped[1] = swapped[1], swapped[0]
+    bad = save_booster("cf_bad_model", booster, metadata={**meta, "features": swapped})
+    with pytest.raises(FeatureMismatch, match="other order"):
+        PredictorCore(env.settings, env.client, tag=str(bad.tag))
+    with pytest.raises(FeatureMismatch):
+        core.reload(str(bad.tag))
+    assert core.model.tag == env.tag  # still serving the good one
+
+
+# ------------------------------------------------------------------------------ HTTP
+@pytest.fixture(scope="module")
+def server(env: Env) -> Iterator[int]:
+    port = free_port()
+    log = open(env.settings.state_dir / "bentoml-serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "serve",
+            "service:Predictor",
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
+        cwd=REPO_ROOT / "bentos" / "predictor",
+        env=env.env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        if _get(port, "/readyz")[0] == 200:
+            break
+        time.sleep(0.5)
+    else:
+        proc.kill()
+    if proc.poll() is not None or _get(port, "/readyz")[0] != 200:
+        log.close()
+        text = (env.settings.state_dir / "bentoml-serve.log").read_text(errors="replace")
+        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
+        pytest.fail(f"bentoml serve did not become ready:\n{text[-4000:]}")
+    yield port
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()
+
+
+def test_http_predictions_equal_inplace_predict(env: Env, server: int) -> None:
+    status, body = _post(server, "/predict", {"symbols": list(SYMBOLS), "timeframe": "1m"})
+    assert status == 200, body
+    assert body["model_tag"] == env.tag
+    assert [p["symbol"] for p in body["predictions"]] == list(SYMBOLS)
+    want = expected(env, list(SYMBOLS))
+    got = np.array(
+        [[p["probabilities"][c] for c in ("down", "flat", "up")] for p in body["predictions"]]
+    )
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
+    status, body = _post(server, "/predict", {"symbols": ["ETHUSDT"]})  # default timeframe
+    assert status == 200 and body["predictions"][0]["symbol"] == "ETHUSDT"
+
+
+def test_http_batch_endpoint(env: Env, server: int) -> None:
+    items = [{"symbol": s} for s in SYMBOLS] + [
+        {"symbol": "DOGEUSDT"},
+        {"symbol": "OLDUSDT"},
+        {"symbol": "OLDUSDT", "max_staleness_s": 7200},
+        {"symbol": "COLDUSDT", "timeframe": "1m"},
+    ]
+    status, body = _post(server, "/predict_batch", {"items": items})
+    assert status == 200, body
+    assert len(body) == len(items)
+    want = expected(env, list(SYMBOLS))
+    for i in range(len(SYMBOLS)):
+        got = [body[i]["probabilities"][c] for c in ("down", "flat", "up")]
+        np.testing.assert_allclose(got, want[i], rtol=0, atol=1e-7)
+        assert body[i]["model_tag"] == env.tag
+    assert [b.get("error", {}).get("status") for b in body[3:]] == [404, 409, None, 409]
+    assert "probabilities" in body[5]
+
+
+@pytest.mark.parametrize(
+    ("route", "payload", "status"),
+    [
+        ("/predict", {"symbols": ["DOGEUSDT"]}, 404),
+        ("/predict", {"symbols": ["BTCUSDT", "DOGEUSDT"], "timeframe": "1m"}, 404),
+        ("/predict", {"symbols": ["OLDUSDT"]}, 409),
+        ("/predict", {"symbols": ["COLDUSDT"]}, 409),
+        ("/predict", {"symbols": ["BTCUSDT"], "timeframe": "1h"}, 404),
+        ("/predict", {"symbols": []}, 400),
+        ("/predict", {"symbols": "BTCUSDT"}, 400),
+        ("/predict", {"symbols": ["btc usdt"]}, 400),
+        ("/predict", {"symbols": [None]}, 400),
+        ("/predict", {"symbols": ["BTCUSDT"], "timeframe": "forever"}, 400),
+        ("/predict", {"symbols": ["BTCUSDT"], "max_staleness_s": -1}, 400),
+        ("/predict", {"timeframe": "1m"}, 400),
+        ("/predict", [1, 2, 3], 400),
+        ("/predict_batch", {"items": [{"symbol": 7}]}, 400),
+        ("/predict_batch", {"items": "x"}, 400),
+        ("/reload", {"tag": "no_such_model:latest"}, 404),
+        ("/reload", {"tag": "bad tag !"}, 400),
+    ],
+)
+def test_http_refusals_and_bad_input(server: int, route: str, payload: Any, status: int) -> None:
+    got, body = _post(server, route, payload)
+    assert got == status, body
+    if status != 400:  # ours: {"error", "reason"}; 400 from validation: BentoML's body
+        assert body["error"] and body["reason"], body
+    else:
+        assert "error" in str(body)
+
+
+def test_http_malformed_json_is_400(server: int) -> None:
+    for raw in (b"{not json", b"", b"\xff\xfe", b'{"symbols": ["BTCUSDT"]'):
+        got, body = _post(server, "/predict", None, raw=raw)
+        assert 400 <= got < 500, (raw, got, body)
+
+
+def test_http_metrics_readiness_and_model(env: Env, server: int) -> None:
+    status, text = _get(server, "/metrics")
+    assert status == 200
+    assert "candleflow_predictions_total" in text
+    assert "bentoml_service_request" in text
+    status, body = _post(server, "/model", {})
+    assert status == 200 and body["model_tag"] == env.tag
+    assert body["features"][0] == "open"
+
+
+def test_http_picks_up_a_new_model(env: Env, server: int) -> None:
+    """A new version in the store is served without a restart: the watcher (poll 1 s)
+    swaps it in; /reload does it at once."""
+    import bentoml
+
+    from jobs.train import save_booster
+
+    booster = bentoml.xgboost.load_model(env.tag)
+    meta = dict(bentoml.models.get(env.tag).info.metadata)
+    new = save_booster(env.settings.model_name, booster, metadata=meta)
+    status, body = _post(server, "/reload", {})
+    assert status == 200, body
+    assert body["model_tag"] == str(new.tag)
+    status, body = _post(server, "/predict", {"symbols": ["BTCUSDT"]})
+    assert status == 200 and body["model_tag"] == str(new.tag)
+    newer = save_booster(env.settings.model_name, booster, metadata=meta)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        status, body = _post(server, "/predict", {"symbols": ["BTCUSDT"]})
+        if body["model_tag"] == str(newer.tag):
+            break
+        time.sleep(0.3)
+    assert body["model_tag"] == str(newer.tag), "the watcher did not pick up the new model"
+
+
+def test_http_503_when_redis_is_down(env: Env, server: int) -> None:
+    """Last: stops the module's Redis, then starts it again."""
+    from bentos.predictor.core import PredictorCore, Unavailable
+
+    core = PredictorCore(env.settings, env.client)
+    env.redis.stop()
+    try:
+        status, body = _post(server, "/predict", {"symbols": ["BTCUSDT"]})
+        assert status == 503, body
+        assert "Redis" in body["error"]
+        assert body["reason"] == "unavailable"
+        # batchable endpoint: 503, but BentoML replaces a raised 5xx's message
+        status, body = _post(server, "/predict_batch", {"items": [{"symbol": "BTCUSDT"}]})
+        assert status == 503, body
+        assert _get(server, "/readyz")[0] == 503
+        with pytest.raises(Unavailable):
+            core.predict(["BTCUSDT"], "1m")
+    finally:
+        env.redis.start()
+    deadline = time.monotonic() + 10
+    while _get(server, "/readyz")[0] != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _get(server, "/readyz")[0] == 200
+    # the restarted Redis is empty (no persistence): known entity now unknown, not 5xx
+    status, body = _post(server, "/predict", {"symbols": ["BTCUSDT"]})
+    assert status == 404, body
