@@ -70,12 +70,14 @@ class LoadedModel:
 def load_model(tag: str) -> LoadedModel:
     """A booster + its feature list from the BentoML model store (``name:latest`` works)."""
     import bentoml
-    from bentoml.exceptions import NotFound
+    from bentoml.exceptions import BentoMLException, NotFound
 
     try:
         bm = bentoml.models.get(tag)
     except NotFound as e:
         raise ModelNotFound(f"model {tag!r} not in the BentoML model store: {e}") from e
+    except BentoMLException as e:  # e.g. InvalidArgument: a malformed tag
+        raise ValueError(f"invalid model tag {tag!r}: {e}") from e
     meta: dict[str, Any] = dict(bm.info.metadata)
     if "features" not in meta or "classes" not in meta:
         raise FeatureMismatch(f"model {bm.tag} has no feature list/classes in its metadata")
@@ -261,6 +263,8 @@ class PredictorCore:
         now: float | None = None,
     ) -> tuple[LoadedModel, list[dict[str, Any] | Refused]]:
         """One Feast read + one inplace_predict for all entities; a Refused per bad one."""
+        if not entities:
+            return self.model, []
         for _, tf in entities:
             timeframe_ms(tf)  # ValueError on a malformed timeframe
         x, info, model = self.online(entities)

@@ -39,7 +39,11 @@ log = logging.getLogger("candleflow.predictor")
 SETTINGS = get_settings()
 Symbol = Annotated[str, Field(pattern=r"^[A-Z0-9]{2,20}$", examples=["BTCUSDT"])]
 Timeframe = Annotated[str, Field(pattern=r"^[1-9][0-9]{0,3}[smhd]$", examples=["1m"])]
-Staleness = Annotated[float, Field(gt=0, le=1e10, allow_inf_nan=False)]
+ModelTag = Annotated[
+    str, Field(pattern=r"^$|^[a-z0-9_.-]{1,63}(:[A-Za-z0-9_.-]{1,128})?$", max_length=200)
+]
+# ge, not gt: an OpenAPI 3.0 schema (BentoML serves one) has no numeric exclusiveMinimum
+Staleness = Annotated[float, Field(ge=0.001, le=1e10, allow_inf_nan=False)]
 
 REQUESTS = bentoml.metrics.Counter(
     name="candleflow_predictions_total",
@@ -125,6 +129,8 @@ class Predictor:
         Adaptive batching merges concurrent requests into one Feast read and one
         inplace_predict; one bad item never fails the others. 503 if Redis is down.
         """
+        if not items:  # found by schema fuzzing: an empty batch was a 500
+            return []
         try:
             entities = [(it.symbol, it.timeframe) for it in items]
             model, out = self.core.predict_many(entities, [it.max_staleness_s for it in items])
@@ -148,7 +154,7 @@ class Predictor:
     @bentoml.api(route="/reload")
     def reload(
         self,
-        tag: str = "",
+        tag: ModelTag = "",
         ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> dict[str, Any]:
         """Load a model from the store (default: the configured tag, e.g. ``name:latest``),
