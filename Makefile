@@ -46,6 +46,7 @@ bench: install ## benchmarks -> bench/results/*.json
 	$(PY) -m bench.candles --out bench/results/candles.json
 	$(PY) -m bench.features --out bench/results/features.json
 	$(PY) -m bench.store --out bench/results/store.json
+	$(PY) -m bench.serving --out bench/results/serving.json
 
 up: install ## start the local broker + Redis
 	$(CLI) up

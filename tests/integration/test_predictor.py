@@ -12,6 +12,7 @@ on the same Feast online features; refusals are 404/409, bad bodies 400, Redis d
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -101,17 +102,23 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("predictor")
     home = tmp / "bentoml"
     os.environ["BENTOML_HOME"] = str(home)  # before the first model store access
-    import bentoml
     from bentoml._internal.configuration.containers import BentoMLContainer
-
-    from jobs.dataset import build_dataset, feature_rows_from_candles
-    from jobs.train import TrainConfig, train
 
     assert BentoMLContainer.model_store_dir.get() == str(home / "models"), (
         "the BentoML model store was used before this module set BENTOML_HOME"
     )
     redis = RedisServer(port=free_port(), state_dir=tmp)  # own server: a test stops it
     redis.start()
+    try:
+        yield from _env(tmp, home, redis)
+    finally:
+        redis.stop()
+
+
+def _env(tmp: Path, home: Path, redis: RedisServer) -> Iterator[Env]:
+    from jobs.dataset import build_dataset, feature_rows_from_candles
+    from jobs.train import TrainConfig, train
+
     s = Settings(
         state_dir=tmp,
         feast_dir=tmp / "feast",
@@ -151,8 +158,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         "CANDLEFLOW_SERVING_MODEL_POLL_S": "1",
     }
     yield Env(s, client, redis, home, res.tag, res.report_dir, res.report, proc_env)
-    redis.stop()
-    del bentoml
 
 
 def expected(env: Env, symbols: list[str], tag: str | None = None) -> np.ndarray:
@@ -281,50 +286,54 @@ def test_feature_mismatch_fails_loudly_and_reload_keeps_serving(env: Env) -> Non
 
 
 # ------------------------------------------------------------------------------ HTTP
-@pytest.fixture(scope="module")
-def server(env: Env) -> Iterator[int]:
+@contextlib.contextmanager
+def serving(env: Env, target: str, cwd: Path, name: str) -> Iterator[int]:
+    """`bentoml serve TARGET` in a subprocess on a free port, ready (/readyz 200)."""
     port = free_port()
-    log = open(env.settings.state_dir / "bentoml-serve.log", "wb")  # noqa: SIM115
+    log_path = env.settings.state_dir / f"{name}.log"
+    log = open(log_path, "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "bentoml",
             "serve",
-            "service:Predictor",
+            target,
             "--port",
             str(port),
             "--host",
             "127.0.0.1",
         ],
-        cwd=REPO_ROOT / "bentos" / "predictor",
+        cwd=cwd,
         env=env.env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        if _get(port, "/readyz")[0] == 200:
-            break
-        time.sleep(0.5)
-    else:
-        proc.kill()
-    if proc.poll() is not None or _get(port, "/readyz")[0] != 200:
-        log.close()
-        text = (env.settings.state_dir / "bentoml-serve.log").read_text(errors="replace")
-        os.killpg(proc.pid, signal.SIGKILL) if proc.poll() is None else None
-        pytest.fail(f"bentoml serve did not become ready:\n{text[-4000:]}")
-    yield port
-    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    log.close()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if _get(port, "/readyz")[0] == 200:
+                break
+            time.sleep(0.5)
+        if proc.poll() is not None or _get(port, "/readyz")[0] != 200:
+            pytest.fail(f"bentoml serve {target} not ready:\n{log_path.read_text()[-4000:]}")
+        yield port
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def server(env: Env) -> Iterator[int]:
+    with serving(env, "service:Predictor", REPO_ROOT / "bentos" / "predictor", "serve") as port:
+        yield port
 
 
 def test_http_predictions_equal_inplace_predict(env: Env, server: int) -> None:
@@ -470,6 +479,47 @@ def test_http_schema_fuzzing_finds_no_5xx(api_schema: Any, server: int) -> None:
 
         run()
     assert len(seen) >= 80 and any(400 <= c < 500 for c in seen), seen
+
+
+def test_built_bento_serves_the_same_predictions(env: Env) -> None:
+    """`bentoml build` (bentofile.yaml, from the repo root) -> `bentoml serve NAME:VERSION`
+    runs the bento's own copy of the code and answers like the source tree."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bentoml",
+            "build",
+            "-f",
+            "bentos/predictor/bentofile.yaml",
+            ".",
+            "--output",
+            "tag",
+        ],
+        cwd=REPO_ROOT,
+        env=env.env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    tag = out.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    name, version = tag.split(":")
+    src = env.bentoml_home / "bentos" / name / version / "src"
+    for f in (
+        "bentos/predictor/service.py",
+        "infra/settings.py",
+        "feature_repo/feature_store.yaml",
+    ):
+        assert (src / f).is_file(), f
+    with serving(env, tag, env.settings.state_dir, "serve-bento") as port:
+        status, body = _post(port, "/predict", {"symbols": list(SYMBOLS)})
+        assert status == 200, body
+        got = np.array(
+            [[p["probabilities"][c] for c in ("down", "flat", "up")] for p in body["predictions"]]
+        )
+        np.testing.assert_allclose(got, expected(env, list(SYMBOLS), body["model_tag"]), atol=1e-7)
+        assert _post(port, "/predict", {"symbols": ["DOGEUSDT"]})[0] == 404
 
 
 def test_http_503_when_redis_is_down(env: Env, server: int) -> None:
