@@ -122,7 +122,8 @@ class Predictor:
         REQUESTS.labels(endpoint="predict", outcome="ok").inc(len(symbols))
         return out
 
-    @bentoml.api(route="/predict_batch", batchable=True, max_batch_size=512, max_latency_ms=500)
+    # BentoML sheds load with 503 when a request cannot be served within max_latency_ms
+    @bentoml.api(route="/predict_batch", batchable=True, max_batch_size=512, max_latency_ms=2000)
     def predict_batch(self, items: list[Item]) -> list[dict[str, Any]]:
         """Per item: a prediction, or ``{"error": {"status", "reason", "message"}}``.
 
