@@ -27,7 +27,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bench.common import machine_info
+from bench.common import machine_info, write_report
 from infra.local import TansuBroker, free_port
 from infra.settings import SHARED_DATA, Settings
 
@@ -364,10 +364,8 @@ def main(argv: list[str] | None = None) -> None:
             "flink_over_raw_confluent": f / ck,
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(json.dumps(report["ratios"], indent=2))
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

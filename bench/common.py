@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -18,3 +20,10 @@ def machine_info(**extra: Any) -> dict[str, Any]:
         "load_avg_end": [round(x, 2) for x in os.getloadavg()],
         **extra,
     }
+
+
+def write_report(path: Path, report: dict[str, Any]) -> None:
+    """Write a benchmark report as indented JSON (bench/results/*.json) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")

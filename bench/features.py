@@ -46,9 +46,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.common import machine_info
+from bench.common import machine_info, write_report
 from infra.local import TansuBroker, free_port
 from infra.settings import REPO_ROOT, SHARED_DATA, Settings
+from jobs.features import kline_message
 
 HERE = Path(__file__).resolve().parent
 CANDLES = SHARED_DATA / "binance_1m_top5_2021.csv.gz"
@@ -74,22 +75,6 @@ def load_candles(bars: int) -> pd.DataFrame:
     df = df.sort_values(["ts_ms", "symbol"]).groupby("symbol").head(bars)
     df["vwap"] = (df.high + df.low + df.close) / 3
     return df.sort_values(["ts_ms", "symbol"]).reset_index(drop=True)
-
-
-def candle_msg(r: Any) -> dict[str, Any]:
-    return {
-        "symbol": r.symbol,
-        "timeframe": "1m",
-        "window_start_ms": int(r.ts_ms),
-        "window_end_ms": int(r.ts_ms) + 60_000,
-        "open": r.open,
-        "high": r.high,
-        "low": r.low,
-        "close": r.close,
-        "volume": r.volume,
-        "vwap": r.vwap,
-        "trade_count": 1,
-    }
 
 
 def producer(bootstrap: str, linger_ms: int) -> Any:
@@ -272,7 +257,7 @@ def latency_run(
 
     topic_in, topic_out = f"bench_lat_candles_{name}", f"bench_lat_features_{name}"
     ensure_topics(s.kafka_bootstrap, [topic_in, topic_out])
-    msgs = [candle_msg(r) for r in df.itertuples(index=False)]
+    msgs = [kline_message(r) for r in df.itertuples(index=False)]
     nsym = df.symbol.nunique()
     warm, paced = msgs[: warmup_bars * nsym], msgs[warmup_bars * nsym :]
     produce(producer(s.kafka_bootstrap, 20), topic_in, warm)
@@ -373,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
         produce(
             producer(s.kafka_bootstrap, 50),
             topic,
-            [candle_msg(r) for r in df.itertuples(index=False)],
+            [kline_message(r) for r in df.itertuples(index=False)],
         )
         for name in args.configs.split(","):
             res["flink"][name] = throughput_run(s, name, CONFIGS[name], topic, len(df), want, logs)
@@ -403,10 +388,8 @@ def main(argv: list[str] | None = None) -> None:
             if "steady_candles_per_s" in v
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(json.dumps(report["ratios_to_ceiling"], indent=2))
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

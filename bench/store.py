@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.common import machine_info
+from bench.common import machine_info, write_report
 from infra.local import ClickHouseServer, RedisServer, TansuBroker, free_port
 from infra.settings import SHARED_DATA, Settings
 
@@ -313,9 +313,7 @@ def main() -> None:
         "method": __doc__,
         "results": res,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 if __name__ == "__main__":  # under `flink run -py` only this file's folder is on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -15,6 +16,24 @@ if __name__ == "__main__":  # under `flink run -py` only this file's folder is o
 from infra.connectors import Endpoints
 from infra.settings import Settings, get_settings
 from jobs.flink_env import JobHandle, job_main, submit_sql
+
+
+def kline_message(r: Any, timeframe: str = "1m", bar_ms: int = 60_000) -> dict[str, Any]:
+    """One kline row (ts_ms, symbol, open, high, low, close, volume, vwap) as the candles
+    job writes it to `candles`: the input the features job reads (tests, benchmarks)."""
+    return {
+        "symbol": r.symbol,
+        "timeframe": timeframe,
+        "window_start_ms": int(r.ts_ms),
+        "window_end_ms": int(r.ts_ms) + bar_ms,
+        "open": r.open,
+        "high": r.high,
+        "low": r.low,
+        "close": r.close,
+        "volume": r.volume,
+        "vwap": r.vwap,
+        "trade_count": 1,
+    }
 
 
 def submit(endpoints: Endpoints, *, job_name: str = "candleflow-features") -> JobHandle:

@@ -31,20 +31,7 @@ def test_features_job_stream_equals_batch(broker, state_dir) -> None:
     producer = make_producer(s.kafka_bootstrap)
     tracker = OffsetTracker(s.topic_candles)
     for r in df.itertuples(index=False):  # time order across symbols, as the candles job emits
-        candle = {
-            "symbol": r.symbol,
-            "timeframe": "1m",
-            "window_start_ms": r.ts_ms,
-            "window_end_ms": r.ts_ms + 60_000,
-            "open": r.open,
-            "high": r.high,
-            "low": r.low,
-            "close": r.close,
-            "volume": r.volume,
-            "vwap": r.vwap,
-            "trade_count": 1,
-        }
-        send_tracked(producer, tracker, candle, key=f"{r.symbol}|1m")
+        send_tracked(producer, tracker, features.kline_message(r), key=f"{r.symbol}|1m")
     producer.flush()
 
     features.submit(Endpoints(s, end_offsets=tracker.end)).wait()
