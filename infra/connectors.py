@@ -45,7 +45,9 @@ class Endpoints:
             "properties.bootstrap.servers": self.settings.kafka_bootstrap,
         }
 
-    def kafka_source(self, topic: str, fmt: str = "raw") -> dict[str, str]:
+    def kafka_source(
+        self, topic: str, fmt: str = "raw", watermark_emit: str | None = None
+    ) -> dict[str, str]:
         s = self.settings
         opts = self._kafka_common(topic) | {
             "properties.group.id": s.group_id,
@@ -55,7 +57,7 @@ class Endpoints:
             "properties.fetch.max.wait.ms": str(s.kafka_fetch_max_wait_ms),
             "format": fmt,
             "scan.watermark.idle-timeout": f"{s.idle_timeout_ms} ms",
-            "scan.watermark.emit.strategy": s.watermark_emit,
+            "scan.watermark.emit.strategy": watermark_emit or s.watermark_emit,
         }
         if self.start_offsets:
             opts["scan.startup.mode"] = "specific-offsets"
@@ -139,8 +141,9 @@ class Endpoints:
         names = FEATURE_NAMES
         return {
             "candles_source": render_with(
-                self.kafka_source(s.topic_candles, fmt="json")
-                | {"scan.watermark.emit.strategy": s.features_watermark_emit}
+                self.kafka_source(
+                    s.topic_candles, fmt="json", watermark_emit=s.features_watermark_emit
+                )
                 | self.extra
             ),
             "features_sink": render_with(
