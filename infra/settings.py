@@ -79,6 +79,25 @@ class Settings(BaseSettings):
     writer_max_wait_ms: int = Field(1_000, ge=1, description="max wait to fill a batch")
     writer_max_backoff_s: float = Field(10.0, gt=0, description="cap of the retry backoff")
 
+    # --- strategy job (jobs/strategy.py) + paper broker (udfs/strategy_rules.md) ---------
+    topic_predictions: str = "predictions"
+    topic_orders: str = "orders"
+    topic_fills: str = "fills"
+    topic_equity: str = "equity"
+    predictor_url: str = Field("http://127.0.0.1:3000", description="BentoML predictor base URL")
+    serving_port: int = Field(3000, ge=1, le=65535, description="`bentoml serve` port")
+    predict_timeout_s: float = Field(2.0, gt=0, description="HTTP timeout of one /score call")
+    predict_retries: int = Field(2, ge=0, description="retries of a failed /score call")
+    # after a failed call (retries spent) the UDF marks rows degraded without calling the
+    # service for this long, so a down service costs one timeout per interval, not per batch
+    predict_circuit_open_s: float = Field(5.0, ge=0, description="degraded-mode back-off")
+    # walk-forward backtests: JSON [{"from_ms": int, "tag": str}, ...]; empty = served model
+    predict_model_schedule: Path | None = Field(None, description="model per time (backtest)")
+    strategy_id: str = Field("cf1", pattern=r"^[A-Za-z0-9_]{1,32}$")
+    strategy_timeframe: str = Field("1m", description="timeframe the strategy trades")
+    strategy_config: Path | None = Field(None, description="JSON/YAML StrategyConfig overrides")
+    trading_group_id: str = "candleflow-trading-writer"
+
     # --- candles job --------------------------------------------------------------------
     watermark_delay_ms: int = Field(5_000, ge=0, description="allowed out-of-orderness")
     idle_timeout_ms: int = Field(10_000, ge=0, description="idle partition timeout")
