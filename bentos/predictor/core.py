@@ -22,6 +22,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -65,6 +66,33 @@ class LoadedModel:
     features: tuple[str, ...]
     classes: tuple[str, ...]
     metadata: dict[str, Any] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ScoreItem:
+    """One feature vector to score (``/score``); ``model`` empty = the served model."""
+
+    symbol: str
+    timeframe: str
+    bar_end_ms: int
+    features: dict[str, float | None]
+    model: str | None = None
+
+
+def knowledge_end_ms(model: LoadedModel) -> int | None:
+    """The first bar end a model may score without looking ahead: its last training row's
+    time plus the label horizon plus one bar (metadata of ``jobs/train.py``); None when the
+    metadata does not say (models from elsewhere)."""
+    meta = model.metadata
+    try:
+        end = datetime.fromisoformat(str(meta["training_end"]).replace("Z", "+00:00"))
+        if end.tzinfo is None:
+            end = end.replace(tzinfo=UTC)
+        bar = timeframe_ms(str(meta.get("timeframes", ["1m"])[0]))
+        horizon = int(meta.get("horizon_bars", 0))
+    except (KeyError, ValueError, TypeError, IndexError):
+        return None
+    return int(end.timestamp() * 1000) + (horizon + 1) * bar
 
 
 def load_model(tag: str) -> LoadedModel:
@@ -122,7 +150,14 @@ class PredictorCore:
         # cached: get_feature_service reads the registry (milliseconds) on every call
         self.feature_service = self.client.store.get_feature_service(SERVICE)
         self.served = service_features(self.feature_service)
+        # index (in model order) of the first feature of each feature view
+        self._view_heads = [
+            self.served.index(p.features[0].name)
+            for p in self.feature_service.feature_view_projections
+            if p.features
+        ]
         self._lock = threading.Lock()
+        self._models: dict[str, LoadedModel] = {}
         self.model = self._checked(tag or settings.serving_tag)
         self.requested_tag = tag or settings.serving_tag
         import redis
@@ -170,8 +205,15 @@ class PredictorCore:
             return False
 
     # -------------------------------------------------------------- prediction
-    def online(self, entities: list[tuple[str, str]]) -> tuple[np.ndarray, list[Any], Any]:
-        """Feature matrix (float32, model order), per entity (event epoch s | None, problem)."""
+    def online(
+        self, entities: list[tuple[str, str]]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, LoadedModel]:
+        """One Feast online read, straight from the response proto (no ``to_dict``).
+
+        Returns ``x`` (float32, model feature order, NaN = null/missing), ``present`` (bool,
+        Feast status PRESENT per cell) and ``event_s`` (per entity: the oldest event time of
+        its feature views, NaN when Feast has none) and the model that must score ``x``.
+        """
         import redis
 
         rows = [{"symbol": s, "timeframe": tf} for s, tf in entities]
@@ -182,79 +224,100 @@ class PredictorCore:
         except (redis.RedisError, ConnectionError, OSError) as e:
             raise Unavailable(f"online store (Redis) unavailable: {e}") from e
         proto = resp.proto
-        names = list(proto.metadata.feature_names.val)
-        data = resp.to_dict()
+        pos = {n: i for i, n in enumerate(proto.metadata.feature_names.val)}
         model = self.model
-        x = np.empty((len(rows), len(model.features)), dtype=np.float32)
+        n, f = len(rows), len(model.features)
+        x = np.full((n, f), np.nan, dtype=np.float32)
+        present = np.zeros((n, f), dtype=bool)
         for j, name in enumerate(model.features):
-            col = data[name]
-            x[:, j] = [np.nan if v is None else float(v) for v in col]
-        vectors = [proto.results[names.index(n)] for n in model.features]
-        info = []
-        for i in range(len(rows)):
-            present = [v.statuses[i] == 1 for v in vectors]  # FieldStatus.PRESENT
-            stamps = [
-                v.event_timestamps[i].seconds + v.event_timestamps[i].nanos / 1e9
-                for v in vectors
-                if v.event_timestamps[i].seconds > 0
-            ]
-            info.append((min(stamps) if stamps else None, present))
-        return x, info, model
+            vec = proto.results[pos[name]]
+            present[:, j] = np.fromiter(vec.statuses, dtype=np.int8, count=n) == 1  # PRESENT
+            col = x[:, j]
+            for i, v in enumerate(vec.values):
+                kind = v.WhichOneof("val")
+                if kind is not None and kind != "null_val":
+                    col[i] = float(getattr(v, kind))
+        # one event-time vector per feature view is enough (a view's features share it)
+        event_s = np.full(n, np.inf)
+        for j in self._view_heads:
+            vec = proto.results[pos[model.features[j]]]
+            ts = np.array(
+                [
+                    t.seconds + t.nanos / 1e9 if t.seconds > 0 else np.inf
+                    for t in vec.event_timestamps
+                ]
+            )
+            event_s = np.minimum(event_s, ts)
+        event_s[np.isinf(event_s)] = np.nan
+        return x, present, event_s, model
 
-    def assess(
+    def refusals(
         self,
-        entity: tuple[str, str],
-        x_row: np.ndarray,
-        event_s: float | None,
-        present: list[bool],
+        entities: list[tuple[str, str]],
+        x: np.ndarray,
+        present: np.ndarray,
+        event_s: np.ndarray,
         model: LoadedModel,
         now: float,
-        max_staleness_s: float | None,
-    ) -> tuple[float, float]:
-        """(event epoch s, staleness s) or raise :class:`Refused`."""
-        sym, tf = entity
-        if event_s is None or not any(present):
-            raise Refused(
-                404,
-                "unknown",
-                f"{sym}/{tf}: no online features (unknown symbol or timeframe, "
-                "or nothing written yet)",
-            )
-        nulls = [f for f, p, v in zip(model.features, present, x_row, strict=True) if not p]
-        nulls += [
-            f for f, v in zip(model.features, x_row, strict=True) if np.isnan(v) and f not in nulls
-        ]
-        ready = (
-            x_row[model.features.index("features_ready")]
-            if "features_ready" in model.features
-            else 1.0
+        max_staleness: list[float | None],
+    ) -> list[Refused | None]:
+        """Vectorized checks; a :class:`Refused` (404 unknown, 409 not ready / stale) or None
+        per entity. Messages are built only for refused entities."""
+        unknown = ~present.any(axis=1) | np.isnan(event_s)
+        bad = ~present | np.isnan(x)
+        if "features_ready" in model.features:
+            ready = x[:, model.features.index("features_ready")] == 1.0
+        else:
+            ready = np.ones(len(entities), dtype=bool)
+        not_ready = bad.any(axis=1) | ~ready
+        limits = np.array(
+            [
+                ms
+                if ms is not None
+                else timeframe_ms(tf) / 1000 + self.settings.serving_max_delay_s
+                for (_, tf), ms in zip(entities, max_staleness, strict=True)
+            ]
         )
-        if nulls or ready != 1.0:
-            raise Refused(
-                409,
-                "not_ready",
-                f"{sym}/{tf}: features not ready (warm-up or missing): "
-                + (
+        age = now - event_s
+        stale = age > limits
+        out: list[Refused | None] = []
+        for i, (sym, tf) in enumerate(entities):
+            if unknown[i]:
+                out.append(
+                    Refused(
+                        404,
+                        "unknown",
+                        f"{sym}/{tf}: no online features (unknown symbol or timeframe, "
+                        "or nothing written yet)",
+                    )
+                )
+            elif not_ready[i]:
+                nulls = [model.features[j] for j in np.flatnonzero(bad[i])]
+                what = (
                     f"null {nulls[:8]}{'...' if len(nulls) > 8 else ''}"
                     if nulls
                     else "features_ready=false"
-                ),
-            )
-        age = now - event_s
-        limit = (
-            max_staleness_s
-            if max_staleness_s is not None
-            else timeframe_ms(tf) / 1000 + self.settings.serving_max_delay_s
-        )
-        if age > limit:
-            raise Refused(
-                409,
-                "stale",
-                f"{sym}/{tf}: features are stale: event time "
-                f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(event_s))} is {age:,.0f} s old "
-                f"> {limit:,.0f} s allowed",
-            )
-        return event_s, age
+                )
+                out.append(
+                    Refused(
+                        409,
+                        "not_ready",
+                        f"{sym}/{tf}: features not ready (warm-up or missing): {what}",
+                    )
+                )
+            elif stale[i]:
+                out.append(
+                    Refused(
+                        409,
+                        "stale",
+                        f"{sym}/{tf}: features are stale: event time "
+                        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(event_s[i]))} is "
+                        f"{age[i]:,.0f} s old > {limits[i]:,.0f} s allowed",
+                    )
+                )
+            else:
+                out.append(None)
+        return out
 
     def predict_many(
         self,
@@ -267,34 +330,129 @@ class PredictorCore:
             return self.model, []
         for _, tf in entities:
             timeframe_ms(tf)  # ValueError on a malformed timeframe
-        x, info, model = self.online(entities)
+        x, present, event_s, model = self.online(entities)
         now = time.time() if now is None else now
-        stale = max_staleness or [None] * len(entities)
+        refused = self.refusals(
+            entities, x, present, event_s, model, now, max_staleness or [None] * len(entities)
+        )
         out: list[dict[str, Any] | Refused] = []
-        ok: list[int] = []
-        for i, ent in enumerate(entities):
-            try:
-                ev, age = self.assess(ent, x[i], info[i][0], info[i][1], model, now, stale[i])
-                out.append({"event_s": ev, "age": age})
-                ok.append(i)
-            except Refused as r:
+        ok = [i for i, r in enumerate(refused) if r is None]
+        proba = np.asarray(model.booster.inplace_predict(x[ok])) if ok else None
+        up, down = model.classes.index("up"), model.classes.index("down")
+        k = 0
+        for i, r in enumerate(refused):
+            if r is not None:
                 out.append(r)
-        if ok:
-            proba = np.asarray(model.booster.inplace_predict(x[ok]))
-            up, down = model.classes.index("up"), model.classes.index("down")
-            for k, i in enumerate(ok):
-                item = out[i]
-                assert isinstance(item, dict)
-                p = proba[k]
-                out[i] = {
+                continue
+            assert proba is not None
+            p = proba[k]
+            k += 1
+            out.append(
+                {
                     "symbol": entities[i][0],
                     "timeframe": entities[i][1],
                     "probabilities": {c: float(p[j]) for j, c in enumerate(model.classes)},
                     "signal": float(p[up] - p[down]),
-                    "event_time": _iso(item["event_s"]),
-                    "staleness_s": round(float(item["age"]), 3),
+                    "event_time": _iso(float(event_s[i])),
+                    "staleness_s": round(float(now - event_s[i]), 3),
                 }
+            )
         return model, out
+
+    # ------------------------------------------------------------ given features
+    def model_for(self, tag: str | None) -> LoadedModel:
+        """The served model (``tag`` empty) or another one from the store, feature-checked
+        and cached (concrete tags only: ``name:latest`` is resolved on every call)."""
+        if not tag:
+            return self.model
+        if tag.endswith(":latest") or ":" not in tag:
+            tag = resolve_tag(tag if ":" in tag else f"{tag}:latest")
+        model = self._models.get(tag)
+        if model is None:
+            model = self._checked(tag)
+            with self._lock:
+                if len(self._models) >= 32:
+                    self._models.pop(next(iter(self._models)))
+                self._models[tag] = model
+        return model
+
+    def score(self, items: list[ScoreItem]) -> list[dict[str, Any] | Refused]:
+        """Probabilities for feature vectors given by the caller (the strategy job sends the
+        rows of its `features` stream, so a replay never races the online store).
+
+        Per item: 404 ``unknown_model``, 409 ``feature_mismatch`` (model trained on other
+        features), 400 ``missing_features`` (a model feature absent from the item), 409
+        ``not_ready`` (null/NaN feature or ``features_ready`` false) and 409 ``lookahead``
+        (the bar is not after every label the model was trained on: walk-forward guard).
+        """
+        out: list[dict[str, Any] | Refused | None] = [None] * len(items)
+        groups: dict[str, list[int]] = {}
+        for i, it in enumerate(items):
+            groups.setdefault(it.model or "", []).append(i)
+        for tag, idx in groups.items():
+            try:
+                model = self.model_for(tag)
+            except (ModelNotFound, ValueError) as e:
+                for i in idx:
+                    out[i] = Refused(404, "unknown_model", str(e))
+                continue
+            except FeatureMismatch as e:
+                for i in idx:
+                    out[i] = Refused(409, "feature_mismatch", str(e))
+                continue
+            horizon_end = knowledge_end_ms(model)
+            x = np.full((len(idx), len(model.features)), np.nan, dtype=np.float32)
+            ok: list[int] = []
+            for k, i in enumerate(idx):
+                it = items[i]
+                where = f"{it.symbol}/{it.timeframe}@{it.bar_end_ms}"
+                missing = [f for f in model.features if f not in it.features]
+                if missing:
+                    out[i] = Refused(
+                        400,
+                        "missing_features",
+                        f"{where}: {len(missing)} model features missing: {missing[:8]}",
+                    )
+                    continue
+                row = [it.features[f] for f in model.features]
+                x[k] = [np.nan if v is None else v for v in row]
+                nulls = [f for f, v in zip(model.features, x[k], strict=True) if np.isnan(v)]
+                if nulls or (
+                    "features_ready" in model.features
+                    and x[k, model.features.index("features_ready")] != 1.0
+                ):
+                    out[i] = Refused(
+                        409,
+                        "not_ready",
+                        f"{where}: features not ready: "
+                        + (f"null {nulls[:8]}" if nulls else "features_ready=false"),
+                    )
+                    continue
+                if horizon_end is not None and it.bar_end_ms < horizon_end:
+                    out[i] = Refused(
+                        409,
+                        "lookahead",
+                        f"{where}: model {model.tag} was trained on labels up to "
+                        f"{_iso(horizon_end / 1000)}; scoring an earlier bar would use the "
+                        "future (walk-forward: use a model trained before this bar)",
+                    )
+                    continue
+                ok.append(k)
+            if not ok:
+                continue
+            proba = np.asarray(model.booster.inplace_predict(x[ok]))
+            up, down = model.classes.index("up"), model.classes.index("down")
+            for p, k in zip(proba, ok, strict=True):
+                it = items[idx[k]]
+                out[idx[k]] = {
+                    "symbol": it.symbol,
+                    "timeframe": it.timeframe,
+                    "bar_end_ms": it.bar_end_ms,
+                    "model_tag": model.tag,
+                    "probabilities": {c: float(p[j]) for j, c in enumerate(model.classes)},
+                    "signal": float(p[up] - p[down]),
+                }
+        return [r for r in out if r is not None]
 
     def predict(
         self,

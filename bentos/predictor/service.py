@@ -9,8 +9,10 @@ registry, ``SERVING_MODEL_TAG`` (default ``MODEL_NAME:latest``), ``SERVING_MAX_D
 ``SERVING_MODEL_POLL_S``, ``SERVING_WORKERS``; the model store is ``$BENTOML_HOME``.
 
 Endpoints (all POST, JSON): ``/predict`` (one or many symbols of one timeframe; all or
-nothing), ``/predict_batch`` (adaptive batching; per-item result or error, for the strategy
-job), ``/reload`` (swap in a new model without downtime), ``/model`` (tag + metadata).
+nothing), ``/predict_batch`` (adaptive batching; per-item result or error), ``/score``
+(feature vectors given by the caller, optional model per item: the strategy job and
+walk-forward backtests), ``/reload`` (swap in a new model without downtime), ``/model``
+(tag + metadata).
 BentoML adds ``GET /readyz`` (calls ``__is_ready__``: model loaded and Redis answers),
 ``/livez``, ``/metrics`` (Prometheus) and ``/docs.json`` (OpenAPI).
 """
@@ -31,6 +33,7 @@ from bentos.predictor.core import (
     ModelNotFound,
     PredictorCore,
     Refused,
+    ScoreItem,
     Unavailable,
 )
 from infra.settings import get_settings
@@ -63,6 +66,17 @@ class Item(BaseModel):
     symbol: Symbol
     timeframe: Timeframe = SETTINGS.serving_timeframe
     max_staleness_s: Staleness | None = None
+
+
+FeatureValue = Annotated[float, Field(allow_inf_nan=False)] | bool | None
+
+
+class ScoreRequestItem(BaseModel):
+    symbol: Symbol
+    timeframe: Timeframe = SETTINGS.serving_timeframe
+    bar_end_ms: Annotated[int, Field(ge=0, le=10**15, examples=[1609459260000])]
+    features: Annotated[dict[str, FeatureValue], Field(max_length=1000)]
+    model: ModelTag | None = None
 
 
 def _error(ctx: bentoml.Context, status: int, reason: str, message: str) -> dict[str, Any]:
@@ -151,6 +165,47 @@ class Predictor:
                 REQUESTS.labels(endpoint="predict_batch", outcome="ok").inc()
                 result.append({"model_tag": model.tag, **r})
         return result
+
+    @bentoml.api(route="/score")
+    def score(
+        self,
+        items: Annotated[list[ScoreRequestItem], Field(min_length=1, max_length=4096)],
+    ) -> dict[str, Any]:
+        """Probabilities for feature vectors sent by the caller (the strategy job scores the
+        rows of its `features` stream; backtests name a walk-forward model per item).
+
+        Per item: a result (``model_tag``, ``probabilities``, ``signal``) or ``{"error":
+        {"status", "reason", "message"}}``: 404 unknown_model, 400 missing_features,
+        409 not_ready / lookahead / feature_mismatch. No Redis involved.
+        """
+        out = self.core.score(
+            [
+                ScoreItem(
+                    it.symbol,
+                    it.timeframe,
+                    it.bar_end_ms,
+                    {k: None if v is None else float(v) for k, v in it.features.items()},
+                    it.model or None,
+                )
+                for it in items
+            ]
+        )
+        results: list[dict[str, Any]] = []
+        for it, r in zip(items, out, strict=True):
+            if isinstance(r, Refused):
+                REQUESTS.labels(endpoint="score", outcome=r.reason).inc()
+                results.append(
+                    {
+                        "symbol": it.symbol,
+                        "timeframe": it.timeframe,
+                        "bar_end_ms": it.bar_end_ms,
+                        "error": {"status": r.status, "reason": r.reason, "message": r.message},
+                    }
+                )
+            else:
+                REQUESTS.labels(endpoint="score", outcome="ok").inc()
+                results.append(r)
+        return {"results": results}
 
     @bentoml.api(route="/reload")
     def reload(

@@ -266,6 +266,65 @@ def test_in_process_refusals(env: Env) -> None:
     assert [getattr(i, "status", 200) for i in items] == [200, 404, 409]
 
 
+def score_items(env: Env, n: int = 20) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """The last ``n`` warm offline feature rows of each symbol as /score items + the oracle
+    (``booster.inplace_predict`` on the same rows)."""
+    import bentoml
+
+    from jobs.train import FEATURES, matrix
+
+    rows = env.client.read_offline()
+    rows = rows[rows["features_ready"].astype(bool)].groupby("symbol").tail(n)
+    items = [
+        {
+            "symbol": r["symbol"],
+            "timeframe": r["timeframe"],
+            "bar_end_ms": int(r["window_end_ms"]),
+            "features": {f: (None if pd.isna(r[f]) else float(r[f])) for f in FEATURES},
+        }
+        for r in rows.to_dict("records")
+    ]
+    booster = bentoml.xgboost.load_model(env.tag)
+    return items, np.asarray(booster.inplace_predict(matrix(rows, FEATURES)))
+
+
+def test_in_process_score_equals_inplace_predict_and_refuses(env: Env) -> None:
+    from bentos.predictor.core import PredictorCore, Refused, ScoreItem, knowledge_end_ms
+
+    core = PredictorCore(env.settings, env.client)
+    items, want = score_items(env)
+    # the training rows end before these bars? then lookahead refuses them all
+    end = knowledge_end_ms(core.model)
+    assert end is not None
+    early = [it for it in items if it["bar_end_ms"] < end]
+    out = core.score([ScoreItem(**it) for it in items])
+    for it, r, w in zip(items, out, want, strict=True):
+        if it["bar_end_ms"] < end:
+            assert isinstance(r, Refused) and (r.status, r.reason) == (409, "lookahead")
+        else:
+            assert isinstance(r, dict), r
+            got = [r["probabilities"][c] for c in ("down", "flat", "up")]
+            np.testing.assert_allclose(got, w, rtol=0, atol=1e-7)
+            assert r["signal"] == pytest.approx(got[2] - got[0])
+    assert early, "the fixture's training window must cover some of these bars"
+    one = dict(early[0], bar_end_ms=end + 60_000)  # a bar after the training data
+    missing = dict(one, features={k: v for k, v in one["features"].items() if k != "rsi_14"})
+    cold = dict(one, features={**one["features"], "features_ready": 0.0})
+    null = dict(one, features={**one["features"], "close": None})
+    unknown = dict(one, model="cf_test_model:nosuchversion")
+    res = core.score([ScoreItem(**it) for it in (one, missing, cold, null, unknown)])
+    assert isinstance(res[0], dict) and res[0]["model_tag"] == env.tag
+    got = [(r.status, r.reason) for r in res[1:] if isinstance(r, Refused)]
+    assert got == [
+        (400, "missing_features"),
+        (409, "not_ready"),
+        (409, "not_ready"),
+        (404, "unknown_model"),
+    ]
+    named = core.score([ScoreItem(**dict(one, model=env.tag))])[0]
+    assert isinstance(named, dict) and named["probabilities"] == res[0]["probabilities"]
+
+
 def test_feature_mismatch_fails_loudly_and_reload_keeps_serving(env: Env) -> None:
     import bentoml
 
@@ -348,6 +407,29 @@ def test_http_predictions_equal_inplace_predict(env: Env, server: int) -> None:
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
     status, body = _post(server, "/predict", {"symbols": ["ETHUSDT"]})  # default timeframe
     assert status == 200 and body["predictions"][0]["symbol"] == "ETHUSDT"
+
+
+def test_http_score_equals_inplace_predict(env: Env, server: int) -> None:
+    from bentos.predictor.core import PredictorCore, knowledge_end_ms
+
+    end = knowledge_end_ms(PredictorCore(env.settings, env.client).model)
+    assert end is not None
+    items, want = score_items(env)
+    items = [dict(it, bar_end_ms=end + k * 60_000) for k, it in enumerate(items)]
+    status, body = _post(server, "/score", {"items": items})
+    assert status == 200, body
+    got = np.array(
+        [[r["probabilities"][c] for c in ("down", "flat", "up")] for r in body["results"]]
+    )
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
+    assert {r["model_tag"] for r in body["results"]} == {env.tag}
+    early = dict(items[0], bar_end_ms=end - 60_000)
+    status, body = _post(server, "/score", {"items": [early, {**items[0], "model": "x:y"}]})
+    assert status == 200
+    assert [r["error"]["reason"] for r in body["results"]] == ["lookahead", "unknown_model"]
+    assert "walk-forward" in body["results"][0]["error"]["message"]
+    status, body = _post(server, "/score", {"items": []})
+    assert status == 400, body
 
 
 def test_http_batch_endpoint(env: Env, server: int) -> None:
