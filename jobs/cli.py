@@ -510,7 +510,11 @@ def dataset_build(
 def train_cmd(
     dataset: Path = typer.Argument(..., help="training set parquet (candleflow dataset build)"),
     label: str = typer.Option("fwd_ret_5", help="fwd_ret_N: its 3-class label is the target"),
-    folds: int = typer.Option(5, min=1, help="walk-forward folds (expanding window)"),
+    folds: int = typer.Option(5, min=1, help="walk-forward folds"),
+    scheme: str = typer.Option(
+        "expanding", help="expanding (all earlier data) or rolling (last --window-blocks)"
+    ),
+    window_blocks: int = typer.Option(2, min=1, help="rolling: training blocks per fold"),
     rounds: int = typer.Option(400, min=1, help="max boosting rounds (early stopping per fold)"),
     early_stopping: int = typer.Option(30, min=1, help="early stopping patience (rounds)"),
     max_depth: int = typer.Option(4, min=1),
@@ -527,6 +531,8 @@ def train_cmd(
     cfg = TrainConfig(
         label=label,
         folds=folds,
+        scheme=scheme,
+        window_blocks=window_blocks,
         rounds=rounds,
         early_stopping=early_stopping,
         max_depth=max_depth,

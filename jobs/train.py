@@ -4,9 +4,10 @@
   rows that are not warm (``features_ready`` false) are dropped. **Target**: the 3-class
   label ``fwd_ret_N_class`` (``down``/``flat``/``up``, :data:`CLASSES` order), objective
   ``multi:softprob``.
-- **Walk-forward, expanding**: the bar times are cut into ``folds + 1`` equal blocks; fold k
-  trains on blocks ``0..k-1`` and tests on block ``k``. Labels look ``N`` bars ahead, so
-  training rows whose label window reaches into the test block are purged (embargo of
+- **Walk-forward, expanding** (default) **or rolling**: the bar times are cut into
+  ``folds + 1`` equal blocks; fold k tests on block ``k`` and trains on blocks ``0..k-1``
+  (expanding) or on the ``window_blocks`` blocks before it (rolling). Labels look ``N``
+  bars ahead, so training rows whose label window reaches into the test block are purged (embargo of
   ``N`` bars). Inside a fold the last 15 % of the training time (again purged) is the early
   stopping set; the final model is trained on every row with the median best round count.
 - **Metrics** per fold (:func:`metrics`): multi-class log loss, accuracy (argmax), AUC as
@@ -78,6 +79,8 @@ def feature_set_hash(features: tuple[str, ...] | list[str]) -> str:
 class TrainConfig:
     label: str = "fwd_ret_5"
     folds: int = 5
+    scheme: str = "expanding"  # or "rolling": train on the last `window_blocks` blocks only
+    window_blocks: int = 2
     rounds: int = 400
     early_stopping: int = 30
     max_depth: int = 4
@@ -146,11 +149,23 @@ def embargo(df: pd.DataFrame, horizon: int) -> pd.Timedelta:
 
 
 def walk_forward_splits(
-    ts: pd.Series, folds: int, gap: pd.Timedelta
+    ts: pd.Series,
+    folds: int,
+    gap: pd.Timedelta,
+    scheme: str = "expanding",
+    window_blocks: int = 1,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Expanding-window splits: train on times before block k (minus ``gap``), test on k."""
+    """Walk-forward splits over ``folds + 1`` equal time blocks; fold k tests on block k.
+
+    ``expanding``: train on all times before block k (minus ``gap``); ``rolling``: only on
+    the ``window_blocks`` blocks before k (minus ``gap`` at the end), so old regimes age out.
+    """
     if folds < 1:
         raise ValueError("folds must be >= 1")
+    if scheme not in ("expanding", "rolling"):
+        raise ValueError(f"scheme must be expanding or rolling, not {scheme!r}")
+    if window_blocks < 1:
+        raise ValueError("window_blocks must be >= 1")
     values = _naive(ts)
     times = np.unique(values)
     if len(times) < folds + 1:
@@ -160,7 +175,8 @@ def walk_forward_splits(
     splits = []
     for k in range(1, folds + 1):
         lo, hi = bounds[k], bounds[k + 1]
-        train = np.flatnonzero(values < lo - gap.to_timedelta64())
+        start = bounds[max(0, k - window_blocks)] if scheme == "rolling" else values.min()
+        train = np.flatnonzero((values >= start) & (values < lo - gap.to_timedelta64()))
         test = np.flatnonzero((values >= lo) & (values < hi))
         if len(train) == 0 or len(test) == 0:
             raise ValueError(f"fold {k}: empty train or test set (too little data)")
@@ -320,7 +336,7 @@ def train(
     df = load_training_set(dataset, cfg.label)
     gap = embargo(df, horizon)
     ts = df[ENTITY_TS]
-    splits = walk_forward_splits(ts, cfg.folds, gap)
+    splits = walk_forward_splits(ts, cfg.folds, gap, cfg.scheme, cfg.window_blocks)
     x_all, y_all = matrix(df), class_index(df[cls])
 
     folds: list[dict[str, Any]] = []
@@ -394,7 +410,12 @@ def train(
         "class_balance": {c: int(counts.get(c, 0)) for c in CLASSES},
         "rounds": final_rounds,
         "params": cfg.params(),
-        "walk_forward": {"folds": cfg.folds, "scheme": "expanding", "embargo": str(gap)},
+        "walk_forward": {
+            "folds": cfg.folds,
+            "scheme": cfg.scheme,
+            **({"window_blocks": cfg.window_blocks} if cfg.scheme == "rolling" else {}),
+            "embargo": str(gap),
+        },
         "metrics": summary,
         "versions": versions(),
         "dataset": str(dataset),

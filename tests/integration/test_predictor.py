@@ -225,6 +225,51 @@ def test_walk_forward_splits_never_train_on_the_future() -> None:
             assert len(tr) > len(splits[k - 1][0])  # expanding
 
 
+def test_train_cli_rolling_window(env: Env) -> None:
+    """`candleflow train` end to end as a user runs it: rolling walk-forward, report files."""
+    out = env.settings.state_dir / "cli-report"
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "candleflow"),
+            "train",
+            str(env.settings.state_dir / "train.parquet"),
+            "--folds",
+            "3",
+            "--scheme",
+            "rolling",
+            "--window-blocks",
+            "1",
+            "--rounds",
+            "20",
+            "--nthread",
+            "1",
+            "--no-save",
+            "--reports-dir",
+            str(out),
+        ],
+        env=env.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "momentum" in proc.stderr  # the metrics table (rich console on stderr)
+    (report_dir,) = out.iterdir()
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["walk_forward"]["scheme"] == "rolling"
+    assert report["walk_forward"]["window_blocks"] == 1
+    assert len(report["folds"]) == 3
+    assert {p.name for p in report_dir.glob("*.png")} >= {"feature_importance.png"}
+    bad = subprocess.run(
+        [str(Path(sys.executable).parent / "candleflow"), "train", "nope.parquet"],
+        env=env.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr + bad.stdout
+
+
 # ----------------------------------------------------------------------- in-process
 def test_in_process_predictions_equal_inplace_predict(env: Env) -> None:
     from bentos.predictor.core import PredictorCore

@@ -52,3 +52,23 @@ def test_walk_forward_is_expanding_and_purged() -> None:
         assert k == 0 or len(tr) > len(splits[k - 1][0])
     with pytest.raises(ValueError):
         walk_forward_splits(ts.iloc[:3], 5, pd.Timedelta(0))
+
+
+def test_rolling_splits_use_only_the_last_blocks() -> None:
+    import pandas as pd
+
+    from jobs.train import walk_forward_splits
+
+    ts = pd.Series(pd.date_range("2021-01-01", periods=600, freq="min", tz="UTC"))
+    gap = pd.Timedelta(minutes=5)
+    exp = walk_forward_splits(ts, 5, gap)
+    roll = walk_forward_splits(ts, 5, gap, "rolling", 2)
+    for k, ((tr_e, te_e), (tr_r, te_r)) in enumerate(zip(exp, roll, strict=True), start=1):
+        assert (te_e == te_r).all()
+        assert set(tr_r) <= set(tr_e)
+        assert ts[tr_r].max() < ts[te_r].min() - gap  # purged before the test block
+        if k > 2:
+            assert len(tr_r) < len(tr_e)
+            assert ts[tr_r].min() >= ts[te_r].min() - pd.Timedelta(minutes=200)  # 2 blocks
+    with pytest.raises(ValueError, match="scheme"):
+        walk_forward_splits(ts, 5, gap, "sliding")
