@@ -157,3 +157,36 @@ class Endpoints:
                 f"f[{i + 1}] IS NOT NULL" for i in range(len(names))
             ),
         }
+
+    # -- what the strategy SQL needs -----------------------------------------------------
+    def strategy_params(self) -> dict[str, str]:
+        """Placeholders of sql/flink/strategy.sql: the features source, the four sinks
+        (predictions, orders, fills, equity; JSON values, Kafka keys), the filter and the
+        predict UDF's arguments (the model's feature list, jobs.train.FEATURES)."""
+        from jobs.train import FEATURES
+        from udfs.flink_strategy import output_columns, sql_columns
+        from udfs.indicators import FEATURE_NAMES
+
+        s = self.settings
+        return {
+            # on-periodic: one watermark (= one Python bundle flush = one /score call) per
+            # interval, not per record
+            "features_source": render_with(
+                self.kafka_source(s.topic_features, fmt="json", watermark_emit="on-periodic")
+                | self.extra
+            ),
+            "feature_column_types": ",\n    ".join(f"`{n}` DOUBLE" for n in FEATURE_NAMES),
+            "predict_feature_args": ", ".join(f"`{n}`" for n in FEATURES),
+            "strategy_timeframe": s.strategy_timeframe.replace("'", "''"),
+            "predictions_sink": render_with(
+                self.kafka_sink(s.topic_predictions, key_field="prediction_key")
+            ),
+            "orders_sink": render_with(
+                self.kafka_sink(s.topic_orders, key_field="client_order_id")
+            ),
+            "fills_sink": render_with(self.kafka_sink(s.topic_fills, key_field="client_order_id")),
+            "equity_sink": render_with(self.kafka_sink(s.topic_equity, key_field="strategy")),
+            "order_columns": sql_columns(output_columns("orders")),
+            "fill_columns": sql_columns(output_columns("fills")),
+            "equity_columns": sql_columns(output_columns("equity")),
+        }

@@ -1,0 +1,155 @@
+"""Strategy job: Kafka ``features`` -> predictions (BentoML ``/score``) -> strategy + paper
+broker -> Kafka ``predictions``, ``orders``, ``fills``, ``equity``.
+
+SQL in sql/flink/strategy.sql (its header explains the design); UDF and operator in
+udfs/flink_strategy.py. This file only wires them: SQL DDL -> ``predictions`` view ->
+one DataStream -> (a) the predictions sink, (b) key_by(constant) -> StrategyFunction ->
+orders / fills / equity tables -> the SQL INSERTs, all in one statement set attached to the
+DataStream environment (one job).
+
+Run it with ``candleflow strategy run`` or ``flink run -py jobs/strategy.py -- [...]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __name__ == "__main__":  # under `flink run -py` only this file's folder is on sys.path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from infra.connectors import Endpoints
+from infra.jars import pipeline_jars
+from infra.settings import Settings, get_settings
+from jobs.flink_env import JobHandle, job_main
+from udfs.predict_client import MAX_ITEMS
+
+log = logging.getLogger(__name__)
+SQL_FILE = "strategy.sql"
+ACCOUNT_KEY = 0  # one account: every row goes to the same key (one operator instance)
+
+
+def flink_config(settings: Settings, job_name: str) -> dict[str, str]:
+    """The project's execution settings (as jobs.flink_env.table_env sets them), with the
+    Arrow batch capped at /score's item limit so that one batch is one HTTP call."""
+    s = settings
+    bundle = min(s.python_arrow_batch_size, s.python_bundle_size, MAX_ITEMS)
+    return {
+        "table.local-time-zone": "UTC",
+        "pipeline.name": job_name,
+        "pipeline.jars": pipeline_jars(s.jars_dir),
+        "parallelism.default": str(s.parallelism),
+        "python.executable": sys.executable,
+        "python.client.executable": sys.executable,
+        "pipeline.auto-watermark-interval": f"{s.watermark_interval_ms} ms",
+        "python.execution-mode": s.python_execution_mode,
+        "python.fn-execution.bundle.size": str(s.python_bundle_size),
+        "python.fn-execution.bundle.time": str(s.python_bundle_time_ms),
+        "python.fn-execution.arrow.batch.size": str(bundle),
+    }
+
+
+def stream_table_env(settings: Settings, job_name: str) -> tuple[Any, Any]:
+    """A StreamExecutionEnvironment + StreamTableEnvironment configured the project's way."""
+    from jobs import flink_env
+
+    log_dir = settings.logs_dir / "flink"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("FLINK_LOG_DIR", str(log_dir))  # else logs go to site-packages
+    if settings.python_execution_mode == "thread":
+        flink_env._python_path_for_thread_mode()
+    from pyflink.common import Configuration
+    from pyflink.datastream import StreamExecutionEnvironment
+    from pyflink.table import StreamTableEnvironment
+
+    options = flink_config(settings, job_name)
+    conf = Configuration()
+    for k, v in options.items():
+        conf.set_string(k, v)
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    t_env = StreamTableEnvironment.create(env)
+    for k, v in options.items():
+        t_env.get_config().set(k, v)
+    return env, t_env
+
+
+@dataclass
+class StreamJobResult:
+    """What :class:`jobs.flink_env.JobHandle` expects of a result (``wait``,
+    ``get_job_client``), for a job submitted with ``env.execute_async``."""
+
+    job_client: Any
+
+    def get_job_client(self) -> Any:
+        return self.job_client
+
+    def wait(self) -> None:
+        self.job_client.get_job_execution_result().result()
+
+
+def build(t_env: Any, endpoints: Endpoints) -> list[str]:
+    """Register the UDF, run the SQL's DDL, wire the DataStream part; returns the INSERTs."""
+    from pyflink.common import Types
+
+    from jobs.sqlfile import is_insert, load_statements
+    from udfs.flink_strategy import (
+        EQUITY_TAG,
+        FILLS_TAG,
+        ORDERS_TYPE,
+        StrategyFunction,
+        load_strategy_config,
+        predict_udf,
+    )
+
+    s = endpoints.settings
+    config = load_strategy_config(s)
+    t_env.create_temporary_function("predict", predict_udf(s))
+    inserts: list[str] = []
+    for stmt in load_statements(SQL_FILE, endpoints.strategy_params()):
+        if is_insert(stmt):
+            inserts.append(stmt)
+        else:
+            t_env.execute_sql(stmt)
+    predictions = t_env.to_data_stream(t_env.from_path("predictions"))
+    t_env.create_temporary_view("predictions_stream", t_env.from_data_stream(predictions))
+    orders = predictions.key_by(lambda _: ACCOUNT_KEY, key_type=Types.INT()).process(
+        StrategyFunction(config.model_dump_json(), config.strategy_id, s.strategy_timeframe),
+        output_type=ORDERS_TYPE,
+    )
+    orders.name("strategy").uid("strategy")
+    t_env.create_temporary_view("orders_stream", t_env.from_data_stream(orders))
+    t_env.create_temporary_view(
+        "fills_stream", t_env.from_data_stream(orders.get_side_output(FILLS_TAG))
+    )
+    t_env.create_temporary_view(
+        "equity_stream", t_env.from_data_stream(orders.get_side_output(EQUITY_TAG))
+    )
+    return inserts
+
+
+def submit(endpoints: Endpoints, *, job_name: str = "candleflow-strategy") -> JobHandle:
+    t0 = time.monotonic()
+    env, t_env = stream_table_env(endpoints.settings, job_name)
+    jvm_s = time.monotonic() - t0
+    stmt_set = t_env.create_statement_set()
+    for stmt in build(t_env, endpoints):
+        stmt_set.add_insert_sql(stmt)
+    stmt_set.attach_as_datastream()
+    handle = JobHandle(StreamJobResult(env.execute_async(job_name)), jvm_s, time.monotonic())
+    log.info("submitted %s (job %s), JVM start %.1fs", job_name, handle.job_id, jvm_s)
+    return handle
+
+
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> None:
+    s = settings or get_settings()
+    s = s.model_copy(update={"group_id": s.group_id + "-strategy"})
+    job_main("strategy", __doc__, submit, argv, s)
+
+
+if __name__ == "__main__":
+    main()
