@@ -36,12 +36,16 @@ ingest_app = typer.Typer(
 )
 candles_app = typer.Typer(help="The candles Flink SQL job.", no_args_is_help=True)
 features_app = typer.Typer(help="The indicator features Flink job.", no_args_is_help=True)
+strategy_app = typer.Typer(
+    help="The strategy Flink job: predictions, paper orders, fills, equity.", no_args_is_help=True
+)
 flink_app = typer.Typer(
     help="A standalone Flink cluster from the pyflink distribution.", no_args_is_help=True
 )
 app.add_typer(ingest_app, name="ingest")
 app.add_typer(candles_app, name="candles")
 app.add_typer(features_app, name="features")
+app.add_typer(strategy_app, name="strategy")
 app.add_typer(flink_app, name="flink")
 clickhouse_app = typer.Typer(
     help="The ClickHouse analytics store (CANDLEFLOW_CLICKHOUSE_URL: server or chDB).",
@@ -278,6 +282,22 @@ def features_run(
 ) -> None:
     """Run the features job: candles -> 30 TA-Lib features per symbol/timeframe -> `features`."""
     _run_job("features", target, end_offsets, start_offsets, detach)
+
+
+@strategy_app.command("run")
+def strategy_run(
+    target: Target = typer.Option(Target.local, help="local MiniCluster or the standalone cluster"),
+    end_offsets: str = typer.Option("", help="bounded replay of `features`: stop at e.g. '0:157'"),
+    start_offsets: str = typer.Option("", help="start at e.g. '0:0' instead of earliest"),
+    detach: bool = typer.Option(False, help="submit and return"),
+) -> None:
+    """Run the strategy job: features -> predictions (CANDLEFLOW_PREDICTOR_URL /score) ->
+    strategy + paper broker -> `predictions`, `orders`, `fills`, `equity`.
+
+    The predictor must serve /score; while it is down, predictions come out `degraded`
+    and the strategy makes no entries (stops and the kill-switch still apply).
+    """
+    _run_job("strategy", target, end_offsets, start_offsets, detach)
 
 
 @features_app.command("write")
