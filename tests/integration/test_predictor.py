@@ -12,19 +12,12 @@ on the same Feast online features; refusals are 404/409, bad bodies 400, Redis d
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,55 +26,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from infra.feature_store import FeatureStoreClient
 from infra.local import RedisServer, free_port
-from infra.settings import REPO_ROOT, Settings
+from infra.settings import REPO_ROOT
 from tests.conftest import CANDLES_CSV
+from tests.integration.predictor_fixtures import (
+    Env,
+    serving,
+    train_env,
+    use_bentoml_home,
+)
+from tests.integration.predictor_fixtures import get as _get
+from tests.integration.predictor_fixtures import post as _post
 
 pytestmark = pytest.mark.integration
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
 BARS = 400
-
-
-@dataclass
-class Env:
-    settings: Settings
-    client: FeatureStoreClient
-    redis: RedisServer
-    bentoml_home: Path
-    tag: str
-    report_dir: Path
-    report: dict[str, Any]
-    env: dict[str, str]
-
-
-def _post(port: int, route: str, body: Any, raw: bytes | None = None) -> tuple[int, Any]:
-    data = raw if raw is not None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        f"http://127.0.0.1:{port}{route}",
-        data=data,
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read() or b"null")
-    except urllib.error.HTTPError as e:
-        text = e.read()
-        try:
-            return e.code, json.loads(text)
-        except ValueError:
-            return e.code, text.decode(errors="replace")
-
-
-def _get(port: int, route: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode(errors="replace")
-    except OSError as e:
-        return 0, str(e)
 
 
 def fresh_rows(rows: pd.DataFrame, symbol: str, age_s: float, last: bool = True) -> pd.DataFrame:
@@ -100,64 +59,24 @@ def fresh_rows(rows: pd.DataFrame, symbol: str, age_s: float, last: bool = True)
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("predictor")
-    home = tmp / "bentoml"
-    os.environ["BENTOML_HOME"] = str(home)  # before the first model store access
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    assert BentoMLContainer.model_store_dir.get() == str(home / "models"), (
-        "the BentoML model store was used before this module set BENTOML_HOME"
-    )
+    home = use_bentoml_home(tmp_path_factory)
     redis = RedisServer(port=free_port(), state_dir=tmp)  # own server: a test stops it
     redis.start()
     try:
-        yield from _env(tmp, home, redis)
+        candles = pd.read_csv(CANDLES_CSV)
+        candles = candles[candles.symbol.isin(SYMBOLS)].sort_values("ts_ms")
+        candles = candles.groupby("symbol").head(BARS)
+        e = train_env(tmp, home, redis, candles, model_name="cf_test_model")
+        rows = e.rows
+        assert rows is not None
+        # online: fresh warm rows for SYMBOLS, a stale one, a cold (not warm) one
+        e.client.push_online(pd.concat([fresh_rows(rows, sym, 5) for sym in SYMBOLS]))
+        stale = fresh_rows(rows, "BTCUSDT", 3600).assign(symbol="OLDUSDT")
+        cold = fresh_rows(rows, "ETHUSDT", 5, last=False).assign(symbol="COLDUSDT")
+        e.client.push_online(pd.concat([stale, cold]))
+        yield e
     finally:
         redis.stop()
-
-
-def _env(tmp: Path, home: Path, redis: RedisServer) -> Iterator[Env]:
-    from jobs.dataset import build_dataset, feature_rows_from_candles
-    from jobs.train import TrainConfig, train
-
-    s = Settings(
-        state_dir=tmp,
-        feast_dir=tmp / "feast",
-        feast_project=f"p{uuid.uuid4().hex[:10]}",
-        redis_host=redis.host,
-        redis_port=redis.port,
-        model_name="cf_test_model",
-        serving_model_poll_s=1.0,
-    )
-    client = FeatureStoreClient(s)
-    client.apply()
-    candles = pd.read_csv(CANDLES_CSV)
-    candles = candles[candles.symbol.isin(SYMBOLS)].sort_values("ts_ms")
-    candles = candles.groupby("symbol").head(BARS)
-    rows = feature_rows_from_candles(candles, "1m")
-    client.write_offline(rows)
-    t0 = pd.Timestamp(int(candles.ts_ms.min()), unit="ms", tz="UTC")
-    dataset = tmp / "train.parquet"
-    build_dataset(s, t0, t0 + pd.Timedelta(minutes=BARS), ["fwd_ret_5"], dataset, client=client)
-    res = train(s, dataset, TrainConfig(folds=3, rounds=40, early_stopping=10, nthread=1))
-    assert res.tag is not None
-    # online: fresh warm rows for SYMBOLS, a stale one, a cold (not warm) one
-    client.push_online(pd.concat([fresh_rows(rows, sym, 5) for sym in SYMBOLS]))
-    stale = fresh_rows(rows, "BTCUSDT", 3600).assign(symbol="OLDUSDT")
-    cold = fresh_rows(rows, "ETHUSDT", 5, last=False).assign(symbol="COLDUSDT")
-    client.push_online(pd.concat([stale, cold]))
-    proc_env = {
-        **os.environ,
-        "BENTOML_HOME": str(home),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "CANDLEFLOW_STATE_DIR": str(tmp),
-        "CANDLEFLOW_FEAST_DIR": str(tmp / "feast"),
-        "CANDLEFLOW_FEAST_PROJECT": s.feast_project,
-        "CANDLEFLOW_REDIS_HOST": redis.host,
-        "CANDLEFLOW_REDIS_PORT": str(redis.port),
-        "CANDLEFLOW_MODEL_NAME": s.model_name,
-        "CANDLEFLOW_SERVING_MODEL_POLL_S": "1",
-    }
-    yield Env(s, client, redis, home, res.tag, res.report_dir, res.report, proc_env)
 
 
 def expected(env: Env, symbols: list[str], tag: str | None = None) -> np.ndarray:
@@ -390,50 +309,6 @@ def test_feature_mismatch_fails_loudly_and_reload_keeps_serving(env: Env) -> Non
 
 
 # ------------------------------------------------------------------------------ HTTP
-@contextlib.contextmanager
-def serving(env: Env, target: str, cwd: Path, name: str) -> Iterator[int]:
-    """`bentoml serve TARGET` in a subprocess on a free port, ready (/readyz 200)."""
-    port = free_port()
-    log_path = env.settings.state_dir / f"{name}.log"
-    log = open(log_path, "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            target,
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ],
-        cwd=cwd,
-        env=env.env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _get(port, "/readyz")[0] == 200:
-                break
-            time.sleep(0.5)
-        if proc.poll() is not None or _get(port, "/readyz")[0] != 200:
-            pytest.fail(f"bentoml serve {target} not ready:\n{log_path.read_text()[-4000:]}")
-        yield port
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        log.close()
-
-
 @pytest.fixture(scope="module")
 def server(env: Env) -> Iterator[int]:
     with serving(env, "service:Predictor", REPO_ROOT / "bentos" / "predictor", "serve") as port:

@@ -1,0 +1,223 @@
+"""Shared building blocks for tests that need a real model and a real prediction service.
+
+- :func:`use_bentoml_home`: one temp ``$BENTOML_HOME`` (model store) per test process, set
+  before BentoML first reads its configuration (every test module that trains a model shares
+  it; model names keep them apart).
+- :func:`train_env`: real candles -> features (udfs.indicators, the features job's
+  definition) -> Feast offline store -> training set -> walk-forward XGBoost (jobs.train) ->
+  the model store; returns an :class:`Env` with the settings and environment a
+  ``bentoml serve`` subprocess needs.
+- :class:`BentoServer` / :func:`serving`: ``bentoml serve`` in a subprocess, ready when
+  ``/readyz`` answers 200; it can be stopped and started again on the same port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import pandas as pd
+import pytest
+
+from infra.feature_store import FeatureStoreClient
+from infra.local import RedisServer, free_port
+from infra.settings import REPO_ROOT, Settings
+
+SERVICE_TARGET = "service:Predictor"
+SERVICE_DIR = REPO_ROOT / "bentos" / "predictor"
+_BENTOML_HOME: Path | None = None
+
+
+@dataclass
+class Env:
+    settings: Settings
+    client: FeatureStoreClient
+    redis: RedisServer
+    bentoml_home: Path
+    tag: str
+    report_dir: Path
+    report: dict[str, Any]
+    env: dict[str, str]  # the environment of a `bentoml serve` subprocess
+    rows: pd.DataFrame | None = None  # the feature rows the model was trained on
+
+
+def post(port: int, route: str, body: Any, raw: bytes | None = None) -> tuple[int, Any]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}{route}",
+        data=data,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        text = e.read()
+        try:
+            return e.code, json.loads(text)
+        except ValueError:
+            return e.code, text.decode(errors="replace")
+
+
+def get(port: int, route: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{route}", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+    except OSError as e:
+        return 0, str(e)
+
+
+def use_bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The process's temp ``$BENTOML_HOME``, set on first use (before BentoML reads it)."""
+    global _BENTOML_HOME
+    if _BENTOML_HOME is None:
+        home = tmp_path_factory.mktemp("bentoml")
+        os.environ["BENTOML_HOME"] = str(home)  # before the first model store access
+        from bentoml._internal.configuration.containers import BentoMLContainer
+
+        assert BentoMLContainer.model_store_dir.get() == str(home / "models"), (
+            "the BentoML model store was used before BENTOML_HOME was set"
+        )
+        _BENTOML_HOME = home
+    return _BENTOML_HOME
+
+
+def train_env(
+    tmp: Path,
+    home: Path,
+    redis: RedisServer,
+    candles: pd.DataFrame,
+    *,
+    model_name: str = "cf_test_model",
+    folds: int = 3,
+    rounds: int = 40,
+) -> Env:
+    """Train a model on ``candles`` (1m: ts_ms, symbol, open, high, low, close, volume; each
+    symbol's bars consecutive) through Feast into the model store at ``home``."""
+    from jobs.dataset import build_dataset, feature_rows_from_candles
+    from jobs.train import TrainConfig, train
+
+    s = Settings(
+        state_dir=tmp,
+        feast_dir=tmp / "feast",
+        feast_project=f"p{uuid.uuid4().hex[:10]}",
+        redis_host=redis.host,
+        redis_port=redis.port,
+        model_name=model_name,
+        serving_model_poll_s=1.0,
+    )
+    client = FeatureStoreClient(s)
+    client.apply()
+    rows = feature_rows_from_candles(candles, "1m")
+    client.write_offline(rows)
+    t0 = pd.Timestamp(int(candles.ts_ms.min()), unit="ms", tz="UTC")
+    t1 = pd.Timestamp(int(candles.ts_ms.max()), unit="ms", tz="UTC") + pd.Timedelta(minutes=1)
+    dataset = tmp / "train.parquet"
+    build_dataset(s, t0, t1, ["fwd_ret_5"], dataset, client=client)
+    res = train(s, dataset, TrainConfig(folds=folds, rounds=rounds, early_stopping=10, nthread=1))
+    assert res.tag is not None
+    proc_env = {
+        **os.environ,
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "CANDLEFLOW_STATE_DIR": str(tmp),
+        "CANDLEFLOW_FEAST_DIR": str(tmp / "feast"),
+        "CANDLEFLOW_FEAST_PROJECT": s.feast_project,
+        "CANDLEFLOW_REDIS_HOST": redis.host,
+        "CANDLEFLOW_REDIS_PORT": str(redis.port),
+        "CANDLEFLOW_MODEL_NAME": s.model_name,
+        "CANDLEFLOW_SERVING_MODEL_POLL_S": "1",
+    }
+    return Env(s, client, redis, home, res.tag, res.report_dir, res.report, proc_env, rows)
+
+
+class BentoServer:
+    """``bentoml serve TARGET`` in its own process group; ``start`` waits for /readyz 200."""
+
+    def __init__(
+        self, env: Env, target: str, cwd: Path, name: str, port: int | None = None
+    ) -> None:
+        self.env = env
+        self.target = target
+        self.cwd = cwd
+        self.name = name
+        self.port = port or free_port()
+        self.log_path = env.settings.state_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self, timeout_s: float = 120) -> float:
+        """Start and wait until ready; returns the seconds it took."""
+        t0 = time.monotonic()
+        self._log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                self.target,
+                "--port",
+                str(self.port),
+                "--host",
+                "127.0.0.1",
+            ],
+            cwd=self.cwd,
+            env=self.env.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if get(self.port, "/readyz")[0] == 200:
+                break
+            time.sleep(0.3)
+        if self.proc.poll() is not None or get(self.port, "/readyz")[0] != 200:
+            self.stop()
+            pytest.fail(
+                f"bentoml serve {self.target} not ready:\n{self.log_path.read_text()[-4000:]}"
+            )
+        return time.monotonic() - t0
+
+    def stop(self) -> None:
+        """SIGTERM the process group (SIGKILL after 15 s)."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self.proc = None
+
+
+@contextlib.contextmanager
+def serving(env: Env, target: str, cwd: Path, name: str, port: int | None = None) -> Iterator[int]:
+    """`bentoml serve TARGET` in a subprocess (a free port unless given), ready (/readyz
+    200); yields the port, stops the server on exit."""
+    server = BentoServer(env, target, cwd, name, port)
+    server.start()
+    try:
+        yield server.port
+    finally:
+        server.stop()
