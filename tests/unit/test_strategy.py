@@ -545,23 +545,34 @@ REAL_CONFIGS = {
 }
 
 
+BAR_FLOATS = ("open", "high", "low", "close", "p_up", "p_down")
+
+
 def _groups(df: pd.DataFrame) -> list[tuple[int, list[BarInput]]]:
-    out = []
-    for ts, g in df.groupby("bar_end_ms", sort=True):
-        rows = [
+    """The rows as BarInput groups by bar_end_ms, each group in a shuffled (seeded) order."""
+    sym = df["symbol"].astype(str).tolist()
+    ts = df["bar_end_ms"].to_numpy(dtype=np.int64).tolist()
+    v = {c: df[c].to_numpy(dtype=np.float64).tolist() for c in BAR_FLOATS}
+    by_ts: dict[int, list[BarInput]] = {}
+    for k, s in enumerate(sym):
+        p_up, p_down = v["p_up"][k], v["p_down"][k]
+        by_ts.setdefault(ts[k], []).append(
             BarInput(
-                str(r.symbol),
-                int(r.bar_end_ms),
-                float(r.open),
-                float(r.high),
-                float(r.low),
-                float(r.close),
-                None if math.isnan(r.p_up) else float(r.p_up),
-                None if math.isnan(r.p_down) else float(r.p_down),
+                s,
+                ts[k],
+                v["open"][k],
+                v["high"][k],
+                v["low"][k],
+                v["close"][k],
+                None if math.isnan(p_up) else p_up,
+                None if math.isnan(p_down) else p_down,
             )
-            for r in g.sample(frac=1.0, random_state=int(ts) % 1000).itertuples()  # any order
-        ]
-        out.append((int(ts), rows))
+        )
+    rng = np.random.default_rng(7)
+    out = []
+    for t_ms in sorted(by_ts):
+        rows = by_ts[t_ms]
+        out.append((t_ms, [rows[j] for j in rng.permutation(len(rows))]))  # any order
     return out
 
 
