@@ -159,10 +159,13 @@ class Endpoints:
         }
 
     # -- what the strategy SQL needs -----------------------------------------------------
-    def strategy_params(self) -> dict[str, str]:
+    def strategy_params(
+        self, from_ms: int | None = None, to_ms: int | None = None
+    ) -> dict[str, str]:
         """Placeholders of sql/flink/strategy.sql: the features source, the four sinks
-        (predictions, orders, fills, equity; JSON values, Kafka keys), the filter and the
-        predict UDF's arguments (the model's feature list, jobs.train.FEATURES)."""
+        (predictions, orders, fills, equity; JSON values, Kafka keys), the filter (timeframe,
+        bars with ``from_ms <= window_end_ms <= to_ms``; None = unbounded) and the predict
+        UDF's arguments (the model's feature list, jobs.train.FEATURES)."""
         from jobs.train import FEATURES
         from udfs.flink_strategy import output_columns, sql_columns
         from udfs.indicators import FEATURE_NAMES
@@ -178,6 +181,8 @@ class Endpoints:
             "feature_column_types": ",\n    ".join(f"`{n}` DOUBLE" for n in FEATURE_NAMES),
             "predict_feature_args": ", ".join(f"`{n}`" for n in FEATURES),
             "strategy_timeframe": s.strategy_timeframe.replace("'", "''"),
+            "from_ms": str(int(from_ms) if from_ms is not None else 0),
+            "to_ms": str(int(to_ms) if to_ms is not None else 2**63 - 1),
             "predictions_sink": render_with(
                 self.kafka_sink(s.topic_predictions, key_field="prediction_key")
             ),

@@ -92,8 +92,11 @@ class StreamJobResult:
         self.job_client.get_job_execution_result().result()
 
 
-def build(t_env: Any, endpoints: Endpoints) -> list[str]:
-    """Register the UDF, run the SQL's DDL, wire the DataStream part; returns the INSERTs."""
+def build(
+    t_env: Any, endpoints: Endpoints, from_ms: int | None = None, to_ms: int | None = None
+) -> list[str]:
+    """Register the UDF, run the SQL's DDL, wire the DataStream part; returns the INSERTs.
+    Only bars with ``from_ms <= bar_end_ms <= to_ms`` are scored and traded."""
     from pyflink.common import Types
 
     from jobs.sqlfile import is_insert, load_statements
@@ -110,7 +113,7 @@ def build(t_env: Any, endpoints: Endpoints) -> list[str]:
     config = load_strategy_config(s)
     t_env.create_temporary_function("predict", predict_udf(s))
     inserts: list[str] = []
-    for stmt in load_statements(SQL_FILE, endpoints.strategy_params()):
+    for stmt in load_statements(SQL_FILE, endpoints.strategy_params(from_ms, to_ms)):
         if is_insert(stmt):
             inserts.append(stmt)
         else:
@@ -132,12 +135,20 @@ def build(t_env: Any, endpoints: Endpoints) -> list[str]:
     return inserts
 
 
-def submit(endpoints: Endpoints, *, job_name: str = "candleflow-strategy") -> JobHandle:
+def submit(
+    endpoints: Endpoints,
+    *,
+    job_name: str = "candleflow-strategy",
+    from_ms: int | None = None,
+    to_ms: int | None = None,
+) -> JobHandle:
+    """Submit the job (``env.execute_async``); bars outside ``[from_ms, to_ms]`` (bar end,
+    inclusive; None = unbounded) are ignored (a backtest's range)."""
     t0 = time.monotonic()
     env, t_env = stream_table_env(endpoints.settings, job_name)
     jvm_s = time.monotonic() - t0
     stmt_set = t_env.create_statement_set()
-    for stmt in build(t_env, endpoints):
+    for stmt in build(t_env, endpoints, from_ms, to_ms):
         stmt_set.add_insert_sql(stmt)
     stmt_set.attach_as_datastream()
     handle = JobHandle(StreamJobResult(env.execute_async(job_name)), jvm_s, time.monotonic())

@@ -232,6 +232,7 @@ class PredictClient:
         try:
             r = self.session.post(self.url, json={"items": items}, timeout=self.timeout_s)
         except requests.RequestException as e:
+            self.close()  # a pooled connection may be dead (server restarted): start afresh
             raise CallFailed(f"{type(e).__name__}: {e}") from e
         if r.status_code >= 500 or r.status_code == 429:
             raise CallFailed(f"HTTP {r.status_code}: {r.text[:300]}")

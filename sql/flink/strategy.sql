@@ -8,7 +8,8 @@
 -- 2. scored calls the vectorized `predict` UDF (udfs/flink_strategy.py) once per row: one
 --    Arrow batch = one POST /score; it returns a ROW (model_tag, p_down, p_flat, p_up,
 --    signal, status ok|refused|degraded, reason, latency_ms, predicted_at_ms). `predictions`
---    flattens it. Only ready rows of the strategy's timeframe are scored.
+--    flattens it. Only ready rows of the strategy's timeframe whose bar ends in
+--    [from_ms, to_ms] (a backtest's range; unbounded by default) are scored.
 -- 3. The job turns `predictions` into ONE DataStream (t_env.to_data_stream). From it:
 --    - `predictions_stream` (from_data_stream) feeds the predictions sink below. Reading
 --      the `predictions` view a second time in SQL would plan the UDF twice (measured: every
@@ -45,7 +46,8 @@ SELECT
     symbol, timeframe, window_end_ms AS bar_end_ms, `open`, high, low, `close`, rowtime,
     predict(symbol, timeframe, window_end_ms, ${predict_feature_args}) AS p
 FROM features_src
-WHERE timeframe = '${strategy_timeframe}' AND features_ready;
+WHERE timeframe = '${strategy_timeframe}' AND features_ready
+    AND window_end_ms BETWEEN ${from_ms} AND ${to_ms};
 
 CREATE TEMPORARY VIEW predictions AS
 SELECT
