@@ -32,17 +32,32 @@ from udfs.predict_client import MAX_ITEMS
 log = logging.getLogger(__name__)
 SQL_FILE = "strategy.sql"
 ACCOUNT_KEY = 0  # one account: every row goes to the same key (one operator instance)
+# rows per Arrow batch = items per /score call: ~0.2-0.3 ms per item on the service, so a
+# catch-up replay's calls stay well inside predict_timeout_s (4096 items took up to 2.7 s
+# under the job's load; 1000 items ~0.26 s idle)
+SCORE_BATCH_ROWS = 1000
+
+
+def flink_python_jar() -> list[str]:
+    """The flink-python jar as a file:// URL. A standalone cluster started from the pyflink
+    distribution has it in opt/, not lib/, so its JobManager cannot load the Python
+    operators (ClassNotFoundException: ArrowPythonScalarFunctionOperator) unless the job
+    ships it; in a MiniCluster it is on the classpath already (parent-first, harmless)."""
+    import pyflink
+
+    found = sorted((Path(pyflink.__file__).parent / "opt").glob("flink-python-*.jar"))
+    return [found[-1].resolve().as_uri()] if found else []
 
 
 def flink_config(settings: Settings, job_name: str) -> dict[str, str]:
     """The project's execution settings (as jobs.flink_env.table_env sets them), with the
-    Arrow batch capped at /score's item limit so that one batch is one HTTP call."""
+    Arrow batch (= one /score call) capped at :data:`SCORE_BATCH_ROWS`."""
     s = settings
-    bundle = min(s.python_arrow_batch_size, s.python_bundle_size, MAX_ITEMS)
+    bundle = min(s.python_arrow_batch_size, s.python_bundle_size, SCORE_BATCH_ROWS, MAX_ITEMS)
     return {
         "table.local-time-zone": "UTC",
         "pipeline.name": job_name,
-        "pipeline.jars": pipeline_jars(s.jars_dir),
+        "pipeline.jars": ";".join([pipeline_jars(s.jars_dir), *flink_python_jar()]),
         "parallelism.default": str(s.parallelism),
         "python.executable": sys.executable,
         "python.client.executable": sys.executable,
