@@ -150,27 +150,41 @@ def run_settings(base: Settings, run_id: str, run_dir: Path) -> Settings:
 
 
 def end_offsets(
-    bootstrap: str, topic: str, expected: int | None = None, timeout_s: float = 30.0
+    bootstrap: str, topic: str, expected: int | None = None, timeout_s: float = 60.0
 ) -> dict[int, int]:
-    """End offset per partition; with ``expected``, wait (up to ``timeout_s``) until the
-    partitions hold that many records in total."""
+    """Offset after the last record, per partition, found by reading the topic: Tansu's
+    ListOffsets answers the last batch's base offset + 1 (../shared/FEASIBILITY.md), which
+    would cut a bounded job's tail. With ``expected``, read until that many records."""
     from kafka import KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap)
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=8 << 20
+    )
     try:
         parts = c.partitions_for_topic(topic) or {0}
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        ends = {tp.partition: 0 for tp in tps}
+        n = 0
         deadline = time.monotonic() + timeout_s
+        idle_since = time.monotonic()
         while True:
-            ends = {tp.partition: off for tp, off in c.end_offsets(tps).items()}
-            if expected is None or sum(ends.values()) >= expected:
+            batch = c.poll(timeout_ms=500, max_records=10_000)
+            for tp, recs in batch.items():
+                n += len(recs)
+                ends[tp.partition] = max(ends[tp.partition], recs[-1].offset + 1)
+            now = time.monotonic()
+            if batch:
+                idle_since = now
+            if expected is not None and n >= expected:
                 return ends
-            if time.monotonic() > deadline:
+            if expected is None and now - idle_since > 2.0:
+                return ends
+            if now > deadline:
                 raise RuntimeError(
-                    f"{topic}: {sum(ends.values())} records after {timeout_s:.0f} s, "
-                    f"expected {expected}"
+                    f"{topic}: {n} records after {timeout_s:.0f} s, expected {expected}"
                 )
-            time.sleep(0.2)
     finally:
         c.close()
 
@@ -179,10 +193,7 @@ def read_topic(bootstrap: str, topic: str) -> pd.DataFrame:
     """Every record of a (finished) topic, as a frame."""
     from infra.kafka import read_all
 
-    n = sum(end_offsets(bootstrap, topic).values())
-    if n == 0:
-        return pd.DataFrame()
-    return pd.DataFrame(read_all(bootstrap, topic, expected=n, idle_timeout_s=10))
+    return pd.DataFrame(read_all(bootstrap, topic, idle_timeout_s=2))
 
 
 # ---------------------------------------------------------------------------- serving
@@ -270,9 +281,12 @@ def run_backtest(
     cfg: BacktestConfig,
     on_stage: Callable[[str], None] | None = None,
     on_progress: Progress | None = None,
+    on_serving: Callable[[str, Settings], Any] | None = None,
 ) -> BacktestResult:
     """Run every stage (module docstring) and return the result; the local stack (broker +
-    Redis of ``base``) must be up."""
+    Redis of ``base``) must be up. ``on_serving(url, settings)`` is called while the
+    service runs, after the strategy job (the demo asks it for online predictions); its
+    result goes into the report as ``serving_check``."""
     from infra.connectors import Endpoints
     from infra.feature_store import FeatureStoreClient
     from infra.kafka import OffsetTracker, ensure_topics, make_producer, send_tracked
@@ -401,6 +415,7 @@ def run_backtest(
             to_ms=_ms(cfg.end),
         ).wait()
         timed("strategy_job", t0)
+        serving_check = on_serving(url, s) if on_serving else None
 
     # 7. trading writer ------------------------------------------------------------------
     stage("7/8 trading writer -> ClickHouse")
@@ -443,6 +458,7 @@ def run_backtest(
             "clickhouse": {"url": s.clickhouse_url, **trading},
             "topics": topics,
             "timings_s": timings,
+            **({"serving_check": serving_check} if serving_check is not None else {}),
         },
     )
     timed("report", t0)
