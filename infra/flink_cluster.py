@@ -36,7 +36,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as CANDLEFLOW_* variables, so a job process sees the same config."""
     out: dict[str, str] = {}
     for k, v in settings.model_dump().items():
-        out[f"CANDLEFLOW_{k.upper()}"] = str(v)
+        if v is not None:  # unset optional paths stay unset (not the string "None")
+            out[f"CANDLEFLOW_{k.upper()}"] = str(v)
     return out
 
 
