@@ -68,3 +68,14 @@ def test_python_execution_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> 
     assert (s.python_execution_mode, s.python_bundle_time_ms) == ("thread", 100)
     with pytest.raises(ValueError):
         Settings(python_execution_mode="fork")  # type: ignore[arg-type]
+
+
+def test_cluster_job_env_leaves_unset_settings_unset() -> None:
+    from pathlib import Path
+
+    from infra.flink_cluster import settings_env
+    from infra.settings import Settings
+
+    env = settings_env(Settings(strategy_config=Path("/x/strategy.json")))
+    assert env["CANDLEFLOW_STRATEGY_CONFIG"] == "/x/strategy.json"
+    assert "CANDLEFLOW_PREDICT_MODEL_SCHEDULE" not in env  # None, not the string "None"
