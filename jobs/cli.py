@@ -432,6 +432,62 @@ def features_write(
     )
 
 
+trading_app = typer.Typer(
+    help="The strategy job's topics -> ClickHouse (trading_* tables).", no_args_is_help=True
+)
+app.add_typer(trading_app, name="trading")
+
+
+@trading_app.command("write")
+def trading_write(
+    group_id: str = typer.Option("", help="consumer group (default CANDLEFLOW_TRADING_GROUP_ID)"),
+    from_beginning: bool = typer.Option(
+        False, "--from-beginning", help="re-read the topics from their first offsets (replay)"
+    ),
+    max_batch: int = typer.Option(0, min=0, help="max messages per batch (0 = from settings)"),
+    max_wait_ms: int = typer.Option(0, min=0, help="max wait to fill a batch (0 = settings)"),
+    once: bool = typer.Option(False, "--once", help="write one non-empty batch, then stop"),
+    until_idle: float = typer.Option(
+        0.0, "--until-idle", help="stop after S seconds without messages (0 = run forever)"
+    ),
+    retry_timeout: float = typer.Option(
+        0.0, help="give up on an unreachable ClickHouse after S seconds (0 = retry forever)"
+    ),
+    log_every: float = typer.Option(5.0, help="progress log interval, seconds"),
+) -> None:
+    """Write `predictions`, `orders`, `fills`, `equity` to ClickHouse (migration 005).
+
+    Micro-batches from a consumer group; malformed messages go to `<topic>_dlq` with a
+    reason; offsets are committed only after the inserts: at-least-once, and replays change
+    nothing under FINAL (ReplacingMergeTree keys, versions from the messages). An
+    unreachable ClickHouse is retried with backoff. SIGTERM/Ctrl-C finishes the batch.
+    """
+    from jobs.trading_writer import run_trading_writer, topic_kinds, trading_config
+
+    s = get_settings()
+    cfg = trading_config(
+        s,
+        group_id=group_id or None,
+        max_batch=max_batch or None,
+        max_wait_ms=max_wait_ms or None,
+        once=once,
+        until_idle_s=until_idle,
+        retry_timeout_s=retry_timeout,
+        log_every_s=log_every,
+        from_beginning=from_beginning,
+    )
+    try:
+        topic_kinds(s)
+    except ValueError as e:
+        _fail(str(e))
+    w = run_trading_writer(s, cfg)
+    st = w.stats
+    console.print(
+        f"wrote {st.rows:,} rows {w.rows_by_kind()} in {st.batches:,} batches; "
+        f"dead-lettered {st.dead_lettered:,} -> <topic>_dlq; committed {st.committed}"
+    )
+
+
 def _run_job(name: str, target: Target, end_offsets: str, start_offsets: str, detach: bool) -> None:
     """Same job file either way: in-process MiniCluster, or `flink run -py` on the cluster."""
     import importlib

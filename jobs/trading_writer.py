@@ -1,0 +1,316 @@
+"""Trading writer: the strategy job's topics -> ClickHouse (``candleflow trading write``).
+
+The strategy job (sql/flink/strategy.sql, udfs/strategy_rules.md) writes four topics; this
+writer puts them into four tables of migration 005 (sql/clickhouse/005_strategy.sql):
+
+- ``predictions`` -> ``trading_predictions``: one row per (symbol, timeframe, bar_end_ms,
+  model_tag); version ``predicted_at_ms`` (a re-scored bar wins);
+- ``orders`` -> ``trading_orders``: one row per (strategy, client_order_id); version
+  ``bar_end_ms * 2 + (status = 'rejected')``, a MATERIALIZED column;
+- ``fills`` -> ``trading_fills``: one row per (strategy, client_order_id), i.e. the fill id
+  is the order's client_order_id (one fill per order); version ``bar_end_ms``;
+- ``equity`` -> ``trading_equity``: one row per (strategy, bar_end_ms).
+
+Each table's columns are its topic's fields (:data:`FIELDS`, same order), so a ``FINAL``
+read equals the messages; the one exception: a null ``model_tag`` (a degraded or refused
+prediction) is stored as ``''`` (a sorting key cannot be Nullable). Versions come from the
+messages, never from the clock: re-delivering a message writes an identical row. A
+rejected order (re-emitted with the same ``bar_end_ms``) outranks its ``new`` row in any
+arrival order. ``pnl_daily`` is filled from ``trading_equity`` by a materialized view.
+
+The loop is :class:`jobs.kafka_writer.KafkaBatchWriter`'s (the feature writer's): one
+consumer group (``trading_group_id``) reads the four topics in micro-batches; a malformed
+message goes to ``<topic>_dlq`` with a reason (:func:`parse_trading_message`); each table's
+rows of the batch are inserted (retried with backoff while ClickHouse is unreachable);
+the offsets are committed only after every insert succeeded. At-least-once + idempotent
+rows = nothing lost, nothing duplicated under ``FINAL``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from functools import partial
+from typing import Any, Literal
+
+from infra.clickhouse import TRADING_TABLES
+from infra.settings import Settings
+from jobs.kafka_writer import Batch, InvalidMessage, KafkaBatchWriter, WriterConfig, WriterStats
+
+log = logging.getLogger(__name__)
+
+DETECTED_BY = "trading_writer"
+Kind = Literal["predictions", "orders", "fills", "equity"]
+KINDS: tuple[Kind, ...] = ("predictions", "orders", "fills", "equity")
+
+PREDICTION_STATUSES = ("ok", "degraded", "refused")
+SIDES = ("buy", "sell")
+# strategy_rules.md: the five decision reasons, and the paper broker's rejection reason
+ORDER_REASONS = (
+    "signal_entry",
+    "signal_exit",
+    "max_hold",
+    "stop_loss",
+    "kill_switch",
+    "insufficient_cash",
+)
+ORDER_STATUSES = ("new", "rejected")
+_PROBS = ("p_down", "p_flat", "p_up", "signal")
+# [lo, hi) of the integer types; bar_end_ms < 2**62: the orders version (x 2 + 1) is an Int64
+_INT_RANGES = {"ms": (1, 2**62), "int": (0, 2**63), "u32": (0, 2**32)}
+
+# field -> type: str (non-empty), tag (string, null -> ''), str? (string or null),
+# ms (epoch ms > 0), int (>= 0), u32 (a UInt32), num (finite number), num? (number or
+# null), bool, or a tuple of allowed strings
+FieldType = str | tuple[str, ...]
+FIELDS: dict[str, tuple[tuple[str, FieldType], ...]] = {
+    "predictions": (
+        ("symbol", "str"),
+        ("timeframe", "str"),
+        ("bar_end_ms", "ms"),
+        ("model_tag", "tag"),
+        ("p_down", "num?"),
+        ("p_flat", "num?"),
+        ("p_up", "num?"),
+        ("signal", "num?"),
+        ("status", PREDICTION_STATUSES),
+        ("reason", "str?"),
+        ("latency_ms", "num?"),
+        ("predicted_at_ms", "int"),
+    ),
+    "orders": (
+        ("strategy", "str"),
+        ("timeframe", "str"),
+        ("client_order_id", "str"),
+        ("symbol", "str"),
+        ("bar_end_ms", "ms"),
+        ("side", SIDES),
+        ("qty", "num"),
+        ("decision_price", "num"),
+        ("reason", ORDER_REASONS),
+        ("signal", "num?"),
+        ("status", ORDER_STATUSES),
+    ),
+    "fills": (
+        ("strategy", "str"),
+        ("timeframe", "str"),
+        ("client_order_id", "str"),
+        ("symbol", "str"),
+        ("bar_end_ms", "ms"),
+        ("side", SIDES),
+        ("qty", "num"),
+        ("price", "num"),
+        ("fee", "num"),
+        ("position_after", "num"),
+        ("avg_entry_after", "num"),
+        ("realized_pnl", "num"),
+        ("cash_after", "num"),
+    ),
+    "equity": (
+        ("strategy", "str"),
+        ("timeframe", "str"),
+        ("bar_end_ms", "ms"),
+        ("cash", "num"),
+        ("equity", "num"),
+        ("gross", "num"),
+        ("realized_pnl", "num"),
+        ("fees_paid", "num"),
+        ("killed", "bool"),
+        ("degraded", "u32"),
+    ),
+}
+
+
+# ------------------------------------------------------------------------- validation
+class InvalidTradingMessage(InvalidMessage):
+    """A strategy-topic message that cannot become a row (the reason goes to the DLQ)."""
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _integral(v: Any) -> int | None:
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
+    return None
+
+
+def _field(name: str, ftype: FieldType, v: Any) -> Any:
+    """One field's value as stored, or :class:`InvalidTradingMessage`."""
+    if isinstance(ftype, tuple):
+        if v not in ftype:
+            raise InvalidTradingMessage(f"{name}: expected one of {', '.join(ftype)}, got {v!r}")
+        return v
+    if ftype == "str":
+        if not isinstance(v, str) or not v:
+            raise InvalidTradingMessage(f"{name}: expected a non-empty string")
+        return v
+    if ftype in ("tag", "str?"):
+        if v is not None and not isinstance(v, str):
+            raise InvalidTradingMessage(f"{name}: expected a string or null")
+        return "" if v is None and ftype == "tag" else v
+    if ftype in _INT_RANGES:
+        i = _integral(v)
+        lo, hi = _INT_RANGES[ftype]
+        if i is None or not lo <= i < hi:
+            raise InvalidTradingMessage(f"{name}: expected an integer in [{lo}, {hi})")
+        return i
+    if ftype == "num":
+        if not _is_num(v) or not math.isfinite(v):
+            raise InvalidTradingMessage(f"{name}: expected a finite number")
+        return float(v)
+    if ftype == "num?":
+        if v is None:
+            return None
+        if not _is_num(v) or math.isinf(v):
+            raise InvalidTradingMessage(f"{name}: expected a number or null")
+        return float(v)
+    if ftype == "bool":
+        if not isinstance(v, bool):
+            raise InvalidTradingMessage(f"{name}: expected true/false")
+        return v
+    raise AssertionError(f"unknown field type {ftype!r}")  # pragma: no cover
+
+
+def trading_row(kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A decoded message of topic ``kind`` -> its table row (the :data:`FIELDS` of ``kind``,
+    in order; extra fields such as the Kafka key field are dropped)."""
+    spec = FIELDS[kind]
+    missing = [f for f, _ in spec if f not in obj]
+    if missing:
+        raise InvalidTradingMessage(f"missing fields: {', '.join(missing[:5])}")
+    row = {f: _field(f, t, obj[f]) for f, t in spec}
+    if kind == "predictions":
+        if row["status"] == "ok":
+            bad = [f for f in _PROBS if row[f] is None or not math.isfinite(row[f])]
+            if bad:
+                raise InvalidTradingMessage(
+                    f"status ok needs numbers in {', '.join(bad)} (got null or NaN)"
+                )
+        else:
+            bad = [f for f in _PROBS if row[f] is not None]
+            if bad:
+                raise InvalidTradingMessage(
+                    f"status {row['status']} must have null {', '.join(bad)}"
+                )
+    return row
+
+
+def parse_trading_message(kind: str, raw: bytes | None) -> dict[str, Any]:
+    """A message of topic ``kind`` (predictions | orders | fills | equity) -> its table row,
+    or :class:`InvalidTradingMessage` with a reason (the dead-letter record's ``reason``)."""
+    if kind not in FIELDS:
+        raise ValueError(f"unknown trading topic kind {kind!r}")
+    if raw is None or not raw:
+        raise InvalidTradingMessage("empty message")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidTradingMessage(f"not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise InvalidTradingMessage("not a JSON object")
+    return trading_row(kind, obj)
+
+
+def dlq_topic(topic: str) -> str:
+    return f"{topic}_dlq"
+
+
+def topic_kinds(settings: Settings) -> dict[str, Kind]:
+    """Topic name -> kind, from the strategy job's topic settings."""
+    kinds: dict[str, Kind] = {
+        settings.topic_predictions: "predictions",
+        settings.topic_orders: "orders",
+        settings.topic_fills: "fills",
+        settings.topic_equity: "equity",
+    }
+    if len(kinds) != len(KINDS):
+        raise ValueError("the predictions, orders, fills and equity topics must differ")
+    return kinds
+
+
+def trading_config(settings: Settings, **overrides: Any) -> WriterConfig:
+    """The feature writer's batch/backoff settings with the trading writer's group."""
+    if overrides.get("group_id") is None:
+        overrides["group_id"] = settings.trading_group_id
+    return WriterConfig.from_settings(settings, **overrides)
+
+
+# ----------------------------------------------------------------------------- writer
+class TradingWriter(KafkaBatchWriter):
+    """Kafka predictions/orders/fills/equity -> ClickHouse, commit after the inserts."""
+
+    name = "trading writer"
+    detected_by = DETECTED_BY
+
+    def __init__(self, settings: Settings, config: WriterConfig | None = None) -> None:
+        self.kinds = topic_kinds(settings)
+        super().__init__(settings, config or trading_config(settings), list(self.kinds))
+
+    def dlq_topic(self, topic: str) -> str:
+        return dlq_topic(topic)
+
+    def parse(self, topic: str, raw: bytes | None) -> dict[str, Any]:
+        return parse_trading_message(self.kinds[topic], raw)
+
+    def _prepare(self) -> str:
+        self._retrying("clickhouse migrate", self._migrate)
+        store = self._store
+        where = f"{store.backend} database {store.database}" if store else "?"
+        return f"{', '.join(self.topics)} -> ClickHouse {where} (trading_* tables)"
+
+    def _write(self, batch: Batch) -> None:
+        """One INSERT per table of the batch, each retried on its own, in topic order."""
+        for topic in self.topics:
+            rows = batch.rows.get(topic)
+            if not rows:
+                continue
+            table = TRADING_TABLES[self.kinds[topic]]
+            self._retrying(f"ClickHouse {table}", partial(self._insert_clickhouse, table, rows))
+
+    def rows_by_kind(self) -> dict[str, int]:
+        return {k: self.stats.rows_by_topic.get(t, 0) for t, k in self.kinds.items()}
+
+
+def summary(writer: TradingWriter, seconds: float) -> dict[str, Any]:
+    """A run's numbers as plain JSON values (for reports)."""
+    st: WriterStats = writer.stats
+    busy = (st.last_commit_at - st.first_row_at) if st.first_row_at else 0.0
+    return {
+        "group_id": writer.config.group_id,
+        "rows": writer.rows_by_kind(),
+        "dead_lettered": st.dead_lettered,
+        "dlq_reasons": dict(st.dlq_reasons),
+        "batches": st.batches,
+        "retries": dict(st.retries),
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(st.rows / busy, 1) if busy > 0 else None,
+    }
+
+
+def run_trading_writer(settings: Settings, config: WriterConfig) -> TradingWriter:
+    """``candleflow trading write``: start, install SIGTERM/SIGINT handlers, run, close."""
+    writer = TradingWriter(settings, config)
+    writer.install_signal_handlers()
+    try:
+        writer.start()
+        writer.run()
+    finally:
+        writer.close()
+    return writer
+
+
+def write_until_idle(settings: Settings, idle_s: float = 3.0, **overrides: Any) -> dict[str, Any]:
+    """Write everything the topics hold now (stop after ``idle_s`` without messages);
+    returns :func:`summary` (backtests)."""
+    t0 = time.monotonic()
+    writer = TradingWriter(settings, trading_config(settings, until_idle_s=idle_s, **overrides))
+    with writer:
+        writer.run()
+    return summary(writer, time.monotonic() - t0)
