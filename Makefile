@@ -48,6 +48,7 @@ bench: install ## benchmarks -> bench/results/*.json
 	$(PY) -m bench.store --out bench/results/store.json
 	$(PY) -m bench.serving --out bench/results/serving.json
 	$(PY) -m bench.backtest --out bench/results/backtest.json
+	$(PY) -m bench.freshness --out bench/results/freshness.json
 
 up: install ## start the local broker + Redis
 	$(CLI) up

@@ -35,7 +35,11 @@ def flink_home() -> Path:
 def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as CANDLEFLOW_* variables, so a job process sees the same config."""
     out: dict[str, str] = {}
+    from pydantic import SecretStr
+
     for k, v in settings.model_dump().items():
+        if isinstance(v, SecretStr):
+            v = v.get_secret_value()  # else the job would see "**********"
         if v is not None:  # unset optional paths stay unset (not the string "None")
             out[f"CANDLEFLOW_{k.upper()}"] = str(v)
     return out
@@ -51,7 +55,12 @@ class FlinkCluster:
     # ------------------------------------------------------------------ config + env
     @property
     def rest_url(self) -> str:
-        return f"http://127.0.0.1:{self.s.flink_rest_port}"
+        return f"http://{self.jobmanager}"
+
+    @property
+    def jobmanager(self) -> str:
+        """REST HOST:PORT of the JobManager: CANDLEFLOW_FLINK_JOBMANAGER or the local one."""
+        return self.s.flink_jobmanager or f"127.0.0.1:{self.s.flink_rest_port}"
 
     def write_conf(self) -> None:
         self.conf_dir.mkdir(parents=True, exist_ok=True)
@@ -73,6 +82,8 @@ class FlinkCluster:
             "rest.bind-address": "127.0.0.1",
             "rest.port": self.s.flink_rest_port,
             "blob.server.port": "0",
+            "heartbeat.interval": self.s.flink_heartbeat_interval_ms,
+            "heartbeat.timeout": self.s.flink_heartbeat_timeout_ms,
             "parallelism.default": self.s.parallelism,
             "table.local-time-zone": "UTC",
             "python.executable": sys.executable,
@@ -161,6 +172,12 @@ class FlinkCluster:
         self._bin("jobmanager.sh", "stop-all", check=False)
         return "flink: stopped"
 
+    def add_taskmanager(self) -> None:
+        """Start one more TaskManager process (e.g. to replace a lost one)."""
+        if not self.conf_dir.exists():
+            self.write_conf()
+        self._bin("taskmanager.sh", "start")
+
     def taskmanager_pids(self) -> list[int]:
         pids: list[int] = []
         for f in (self.dir / "pids").glob("*taskexecutor*.pid"):
@@ -168,6 +185,75 @@ class FlinkCluster:
         return pids
 
     # ------------------------------------------------------------------ jobs
+    def jobs(self) -> list[dict[str, Any]]:
+        """``/jobs/overview``: jid, name, state, start-time, ... (newest first)."""
+        jobs = list(self.rest("/jobs/overview")["jobs"])
+        return sorted(jobs, key=lambda j: -int(j.get("start-time", 0)))
+
+    def find_job(self, name_or_id: str) -> dict[str, Any]:
+        """The newest job whose id or name is ``name_or_id`` (running ones first)."""
+        jobs = [j for j in self.jobs() if name_or_id in (j["jid"], j["name"])]
+        if not jobs:
+            raise LookupError(f"no job {name_or_id!r} on {self.rest_url}")
+        running = [j for j in jobs if j["state"] == "RUNNING"]
+        return (running or jobs)[0]
+
+    def checkpoints(self, job_id: str) -> dict[str, Any]:
+        """Completed/failed/restored counts and the latest completed checkpoint's path."""
+        cp = self.rest(f"/jobs/{job_id}/checkpoints")
+        latest = (cp.get("latest") or {}).get("completed") or {}
+        restored = (cp.get("latest") or {}).get("restored") or {}
+        counts = cp.get("counts") or {}
+        return {
+            "completed": int(counts.get("completed", 0)),
+            "failed": int(counts.get("failed", 0)),
+            "restored": int(counts.get("restored", 0)),
+            "latest_path": latest.get("external_path"),
+            "latest_id": latest.get("id"),
+            "restored_from": restored.get("external_path"),
+        }
+
+    def savepoint(
+        self, job_id: str, *, stop: bool = False, target: Path | None = None, timeout_s: float = 120
+    ) -> str:
+        """Trigger a savepoint (``stop``: stop-with-savepoint, the job ends FINISHED) and
+        wait for it; returns its path (resume with ``flink run -s PATH``)."""
+        target = target or self.s.savepoints_home
+        target.mkdir(parents=True, exist_ok=True)
+        if stop:
+            body = {"targetDirectory": target.as_uri(), "drain": False}
+            trigger = self._post(f"/jobs/{job_id}/stop", body)
+        else:
+            body2 = {"target-directory": target.as_uri(), "cancel-job": False}
+            trigger = self._post(f"/jobs/{job_id}/savepoints", body2)
+        rid = trigger["request-id"]
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            st = self.rest(f"/jobs/{job_id}/savepoints/{rid}")
+            if st["status"]["id"] == "COMPLETED":
+                op = st.get("operation") or {}
+                if "location" in op:
+                    return str(op["location"])
+                cause = op.get("failure-cause") or {}
+                raise RuntimeError(f"savepoint failed: {cause.get('stack-trace', op)[:2000]}")
+            time.sleep(0.5)
+        raise TimeoutError(f"savepoint of {job_id} not done after {timeout_s:.0f} s")
+
+    def cancel(self, job_id: str) -> None:
+        req = urllib.request.Request(self.rest_url + f"/jobs/{job_id}", method="PATCH")
+        with urllib.request.urlopen(req, timeout=10):
+            pass
+
+    def _post(self, path: str, body: dict[str, Any]) -> Any:
+        req = urllib.request.Request(
+            self.rest_url + path,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
     def run_py(
         self,
         script: Path,
@@ -176,23 +262,29 @@ class FlinkCluster:
         detach: bool = False,
         settings_for_job: Settings | None = None,
         timeout_s: float | None = None,
+        from_savepoint: str | None = None,
     ) -> int:
-        """``flink run -py script args``; the job sees ``settings_for_job`` via env."""
+        """``flink run -py script args``; the job sees ``settings_for_job`` via env;
+        ``from_savepoint``: ``flink run -s PATH`` (a savepoint or retained checkpoint)."""
         cmd = [
             "bash",
             str(self.home / "bin" / "flink"),
             "run",
             "-m",
-            f"127.0.0.1:{self.s.flink_rest_port}",
+            self.jobmanager,
             "-py",
             str(script),
             "-pyclientexec",
             sys.executable,
             "-pyexec",
-            sys.executable,
+            (settings_for_job or self.s).flink_python_executable or sys.executable,
         ]
         if detach:
             cmd.insert(3, "-d")
+            if "--detach" not in args:  # else the job script waits for the job's end
+                args = [*args, "--detach"]
+        if from_savepoint:
+            cmd[3:3] = ["-s", from_savepoint]
         env = self.env() | settings_env(settings_for_job or self.s)
         log.info("submitting: %s", " ".join(cmd + args))
         proc = subprocess.run(

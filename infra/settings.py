@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     clickhouse_port: int = 19000
     clickhouse_http_port: int = 18123
 
+    # --- Grafana (`candleflow grafana provision`, infra/grafana/) --------------------------
+    # user + password (basic auth) or a service-account token; the two datasource URLs are
+    # what the Grafana server reaches (compose service names), not this machine
+    grafana_url: str = Field("http://127.0.0.1:3001", description="Grafana base URL")
+    grafana_user: str = Field("admin", description="Grafana user (basic auth)")
+    grafana_password: SecretStr = Field(SecretStr("admin"), description="Grafana password")
+    grafana_token: SecretStr | None = Field(None, description="token; overrides user/password")
+    grafana_clickhouse_url: str = "clickhouse://default@clickhouse:9000/default"
+    grafana_prometheus_url: str = "http://prometheus:9090"
+
     # --- Feast feature store (feature_repo/, infra/feature_store.py) ---------------------
     feast_repo: Path = Field(REPO_ROOT / "feature_repo", description="Feast repo folder")
     feast_project: str = Field("candleflow", description="Feast project (Redis key prefix)")
@@ -79,6 +89,10 @@ class Settings(BaseSettings):
     writer_max_wait_ms: int = Field(1_000, ge=1, description="max wait to fill a batch")
     writer_max_backoff_s: float = Field(10.0, gt=0, description="cap of the retry backoff")
 
+    # --- observability (infra/freshness.py): Prometheus /metrics of the writers -----------
+    metrics_port: int = Field(9464, ge=0, le=65535, description="writers' /metrics; 0 = off")
+    metrics_host: str = Field("127.0.0.1", description="/metrics bind address (0.0.0.0: all)")
+
     # --- strategy job (jobs/strategy.py) + paper broker (udfs/strategy_rules.md) ---------
     topic_predictions: str = "predictions"
     topic_orders: str = "orders"
@@ -97,6 +111,8 @@ class Settings(BaseSettings):
     strategy_timeframe: str = Field("1m", description="timeframe the strategy trades")
     strategy_config: Path | None = Field(None, description="JSON/YAML StrategyConfig overrides")
     trading_group_id: str = "candleflow-trading-writer"
+    topic_candles_dlq: str = "candles_dlq"  # malformed `candles` messages (candles writer)
+    candles_group_id: str = "candleflow-candles-writer"
 
     # --- candles job --------------------------------------------------------------------
     watermark_delay_ms: int = Field(5_000, ge=0, description="allowed out-of-orderness")
@@ -124,6 +140,18 @@ class Settings(BaseSettings):
     python_bundle_time_ms: int = Field(1_000, ge=1, description="max wait before a bundle")
     python_arrow_batch_size: int = Field(10_000, ge=1, description="rows per Arrow batch")
 
+    # --- checkpoints + recovery (candles and features jobs; README "Checkpoints") ----------
+    # 0 = off. State (Kafka offsets, open windows, OVER buffers) is snapshotted this often;
+    # after a failure the job restarts from the last completed checkpoint (fixed-delay
+    # restarts). Sinks are at-least-once: records after that checkpoint are written again,
+    # and ClickHouse FINAL (ReplacingMergeTree keys) collapses them.
+    checkpoint_interval_ms: int = Field(10_000, ge=0, description="0 = no checkpoints")
+    checkpoint_dir: Path | None = Field(None, description="default STATE_DIR/flink-checkpoints")
+    savepoint_dir: Path | None = Field(None, description="default STATE_DIR/flink-savepoints")
+    checkpoints_retained: int = Field(3, ge=1)
+    restart_attempts: int = Field(20, ge=0, description="fixed-delay restarts after a failure")
+    restart_delay_ms: int = Field(2_000, ge=0)
+
     # --- Flink standalone cluster ------------------------------------------------------
     flink_rest_port: int = 18081
     flink_rpc_port: int = 16123
@@ -131,6 +159,14 @@ class Settings(BaseSettings):
     flink_slots_per_tm: int = 2
     flink_tm_memory: str = "1600m"
     flink_jm_memory: str = "1024m"
+    # a remote JobManager REST HOST:PORT (e.g. docker compose); empty = the local cluster
+    flink_jobmanager: str = ""
+    # python of the UDF workers on the TaskManagers; empty = this interpreter
+    flink_python_executable: str = ""
+    # a lost TaskManager is declared dead after this (Flink's default 50 s): its jobs restart
+    # from their last checkpoint as soon as slots are back
+    flink_heartbeat_interval_ms: int = Field(2_000, ge=100)
+    flink_heartbeat_timeout_ms: int = Field(15_000, ge=1_000)
 
     @model_validator(mode="after")
     def _default_clickhouse_url(self) -> Settings:
@@ -162,6 +198,14 @@ class Settings(BaseSettings):
     @property
     def serving_tag(self) -> str:
         return self.serving_model_tag or f"{self.model_name}:latest"
+
+    @property
+    def checkpoints_home(self) -> Path:
+        return (self.checkpoint_dir or self.state_dir / "flink-checkpoints").resolve()
+
+    @property
+    def savepoints_home(self) -> Path:
+        return (self.savepoint_dir or self.state_dir / "flink-savepoints").resolve()
 
     @property
     def logs_dir(self) -> Path:

@@ -21,8 +21,19 @@ from jobs.flink_env import JobHandle, job_main, submit_sql
 SQL_FILE = "candles.sql"
 
 
-def submit(endpoints: Endpoints, *, job_name: str = "candleflow-candles") -> JobHandle:
-    return submit_sql(endpoints.settings, SQL_FILE, endpoints.candles_params(), job_name)
+def submit(
+    endpoints: Endpoints, *, job_name: str = "candleflow-candles", restore_path: str | None = None
+) -> JobHandle:
+    """Submit the job, checkpointed (``checkpoint_interval_ms``); ``restore_path``: resume
+    from a savepoint or retained checkpoint."""
+    return submit_sql(
+        endpoints.settings,
+        SQL_FILE,
+        endpoints.candles_params(),
+        job_name,
+        checkpointing=True,
+        restore_path=restore_path,
+    )
 
 
 def main(argv: list[str] | None = None, settings: Settings | None = None) -> None:

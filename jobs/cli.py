@@ -24,6 +24,9 @@ from rich.progress import (
 from rich.table import Table
 
 from infra.settings import Settings, get_settings
+from jobs.grafana import grafana_app
+from jobs.submit import CONTEXT_SETTINGS as SUBMIT_CONTEXT
+from jobs.submit import submit as submit_cmd
 
 console = Console(stderr=True)
 app = typer.Typer(
@@ -63,6 +66,8 @@ dataset_app = typer.Typer(
 )
 app.add_typer(feast_app, name="feast")
 app.add_typer(dataset_app, name="dataset")
+app.add_typer(grafana_app, name="grafana")
+app.command("submit", context_settings=SUBMIT_CONTEXT)(submit_cmd)  # jobs/submit.py
 
 
 class Target(StrEnum):
@@ -147,20 +152,20 @@ def down() -> None:
 
 
 @app.command()
-def status() -> None:
-    """Show local services and the Flink cluster."""
-    from infra.flink_cluster import FlinkCluster
-    from infra.local import local_stack
+def status(
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output on stdout"),
+    minutes: float = typer.Option(15.0, min=0.1, help="freshness window: last N minutes"),
+) -> None:
+    """Local services, topics + consumer-group lag, Flink cluster jobs, pipeline freshness.
 
-    s = get_settings()
-    t = Table("service", "status")
-    for svc in local_stack(s):
-        t.add_row(svc.name, svc.status())
-    from infra.local import clickhouse_service
+    Every section says "not running"/"unreachable" when its service is down."""
+    from infra.status import collect, render
 
-    t.add_row("clickhouse", clickhouse_service(s).status())
-    t.add_row("flink", FlinkCluster(s).status())
-    console.print(t)
+    report = collect(get_settings(), minutes)
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    render(report, Console())
 
 
 @app.command("install-jars")
@@ -359,9 +364,17 @@ def candles_run(
     end_offsets: str = typer.Option("", help="bounded replay: stop at e.g. '0:115993'"),
     start_offsets: str = typer.Option("", help="start at e.g. '0:0' instead of earliest"),
     detach: bool = typer.Option(False, help="submit and return (cluster target)"),
+    from_savepoint: str = typer.Option(
+        "", help="resume from a savepoint / retained checkpoint (`candleflow flink savepoint`)"
+    ),
 ) -> None:
-    """Run the candles job: trades -> 1m/5m/15m/1h candles, DLQ and late trades."""
-    _run_job("candles", target, end_offsets, start_offsets, detach)
+    """Run the candles job: trades -> 1m/5m/15m/1h candles, DLQ and late trades.
+
+    Checkpointed every CANDLEFLOW_CHECKPOINT_INTERVAL_MS (state: offsets + open windows); a
+    failed task restarts from the last checkpoint. Stop with a savepoint: `candleflow flink
+    savepoint JOB --stop`; resume: `--from-savepoint PATH`.
+    """
+    _run_job("candles", target, end_offsets, start_offsets, detach, from_savepoint)
 
 
 @features_app.command("run")
@@ -370,9 +383,12 @@ def features_run(
     end_offsets: str = typer.Option("", help="bounded replay of `candles`: stop at e.g. '0:157'"),
     start_offsets: str = typer.Option("", help="start at e.g. '0:0' instead of earliest"),
     detach: bool = typer.Option(False, help="submit and return"),
+    from_savepoint: str = typer.Option(
+        "", help="resume from a savepoint / retained checkpoint (`candleflow flink savepoint`)"
+    ),
 ) -> None:
     """Run the features job: candles -> 30 TA-Lib features per symbol/timeframe -> `features`."""
-    _run_job("features", target, end_offsets, start_offsets, detach)
+    _run_job("features", target, end_offsets, start_offsets, detach, from_savepoint)
 
 
 @strategy_app.command("run")
@@ -389,6 +405,51 @@ def strategy_run(
     and the strategy makes no entries (stops and the kill-switch still apply).
     """
     _run_job("strategy", target, end_offsets, start_offsets, detach)
+
+
+@candles_app.command("write")
+def candles_write(
+    group_id: str = typer.Option("", help="consumer group (default CANDLEFLOW_CANDLES_GROUP_ID)"),
+    from_beginning: bool = typer.Option(
+        False, "--from-beginning", help="re-read the topic from its first offsets (replay)"
+    ),
+    max_batch: int = typer.Option(0, min=0, help="max messages per batch (0 = from settings)"),
+    max_wait_ms: int = typer.Option(0, min=0, help="max wait to fill a batch (0 = settings)"),
+    once: bool = typer.Option(False, "--once", help="write one non-empty batch, then stop"),
+    until_idle: float = typer.Option(
+        0.0, "--until-idle", help="stop after S seconds without messages (0 = run forever)"
+    ),
+    retry_timeout: float = typer.Option(
+        0.0, help="give up on an unreachable ClickHouse after S seconds (0 = retry forever)"
+    ),
+    log_every: float = typer.Option(5.0, help="progress log interval, seconds"),
+) -> None:
+    """Write `candles` to ClickHouse (`candles`, one row per window under FINAL).
+
+    Micro-batches from a consumer group; malformed messages go to CANDLEFLOW_TOPIC_CANDLES_DLQ
+    with a reason; offsets are committed after the insert (at-least-once + idempotent rows:
+    candles re-emitted after a job restart collapse under FINAL).
+    """
+    from jobs.candles_writer import run_candles_writer
+    from jobs.kafka_writer import WriterConfig
+
+    s = get_settings()
+    cfg = WriterConfig.from_settings(
+        s,
+        group_id=group_id or s.candles_group_id,
+        max_batch=max_batch or None,
+        max_wait_ms=max_wait_ms or None,
+        once=once,
+        until_idle_s=until_idle,
+        retry_timeout_s=retry_timeout,
+        log_every_s=log_every,
+        from_beginning=from_beginning,
+    )
+    st = run_candles_writer(s, cfg)
+    console.print(
+        f"wrote {st.rows:,} candles in {st.batches:,} batches; dead-lettered "
+        f"{st.dead_lettered:,} -> {s.topic_candles_dlq}; committed {st.committed}"
+    )
 
 
 @features_app.command("write")
@@ -488,7 +549,14 @@ def trading_write(
     )
 
 
-def _run_job(name: str, target: Target, end_offsets: str, start_offsets: str, detach: bool) -> None:
+def _run_job(
+    name: str,
+    target: Target,
+    end_offsets: str,
+    start_offsets: str,
+    detach: bool,
+    from_savepoint: str = "",
+) -> None:
     """Same job file either way: in-process MiniCluster, or `flink run -py` on the cluster."""
     import importlib
 
@@ -498,10 +566,15 @@ def _run_job(name: str, target: Target, end_offsets: str, start_offsets: str, de
         from infra.flink_cluster import FlinkCluster
 
         script = Path(__file__).parent / f"{name}.py"
-        raise typer.Exit(FlinkCluster(s).run_py(script, args, detach=detach))
-    importlib.import_module(f"jobs.{name}").main(
-        args + (["--detach"] if detach else []), settings=s
+        raise typer.Exit(
+            FlinkCluster(s).run_py(
+                script, args, detach=detach, from_savepoint=from_savepoint or None
+            )
+        )
+    extra = (["--detach"] if detach else []) + (
+        ["--from-savepoint", from_savepoint] if from_savepoint else []
     )
+    importlib.import_module(f"jobs.{name}").main(args + extra, settings=s)
 
 
 def _job_args(end_offsets: str, start_offsets: str) -> list[str]:
@@ -541,6 +614,70 @@ def flink_status() -> None:
     from infra.flink_cluster import FlinkCluster
 
     console.print(FlinkCluster(get_settings()).status())
+
+
+def _cluster_or_fail():  # -> FlinkCluster
+    from infra.flink_cluster import FlinkCluster
+
+    c = FlinkCluster(get_settings())
+    if c.overview() is None:
+        _fail(f"no Flink cluster at {c.rest_url} (`candleflow flink start`)")
+    return c
+
+
+@flink_app.command("jobs")
+def flink_jobs() -> None:
+    """Jobs on the cluster with their state and checkpoints (latest completed path)."""
+    c = _cluster_or_fail()
+    t = Table("job id", "name", "state", "started", "checkpoints", "latest checkpoint")
+    for j in c.jobs():
+        try:
+            cp = c.checkpoints(j["jid"])
+            cps = f"{cp['completed']} done, {cp['failed']} failed, {cp['restored']} restored"
+            latest = cp["latest_path"] or "-"
+        except Exception:  # e.g. a finished job's checkpoint stats expired
+            cps, latest = "-", "-"
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["start-time"] / 1000))
+        t.add_row(j["jid"], j["name"], j["state"], started, cps, latest)
+    console.print(t)
+
+
+@flink_app.command("savepoint")
+def flink_savepoint(
+    job: str = typer.Argument(..., help="job id or name (e.g. candleflow-candles)"),
+    stop: bool = typer.Option(False, "--stop", help="stop the job with the savepoint"),
+    target: Path = typer.Option(None, help="savepoint folder (default CANDLEFLOW_SAVEPOINT_DIR)"),
+) -> None:
+    """Take a savepoint of a running job (`--stop`: stop-with-savepoint). Resume with
+    `candleflow candles|features run --target cluster --from-savepoint PATH`."""
+    c = _cluster_or_fail()
+    try:
+        j = c.find_job(job)
+        if j["state"] != "RUNNING":
+            _fail(f"job {j['name']} ({j['jid']}) is {j['state']}, not RUNNING")
+        path = c.savepoint(j["jid"], stop=stop, target=target)
+    except (LookupError, RuntimeError, TimeoutError) as e:
+        _fail(str(e))
+        return
+    console.print(f"{'stopped ' if stop else ''}{j['name']} ({j['jid']}): savepoint {path}")
+    console.print(
+        f"resume: candleflow {j['name'].removeprefix('candleflow-')} run --target cluster "
+        f"--from-savepoint {path}"
+    )
+
+
+@flink_app.command("cancel")
+def flink_cancel(job: str = typer.Argument(..., help="job id or name")) -> None:
+    """Cancel a running job (its last checkpoint is retained for `--from-savepoint`)."""
+    c = _cluster_or_fail()
+    try:
+        j = c.find_job(job)
+        cp = c.checkpoints(j["jid"])
+        c.cancel(j["jid"])
+    except LookupError as e:
+        _fail(str(e))
+        return
+    console.print(f"cancelled {j['name']} ({j['jid']}); last checkpoint: {cp['latest_path']}")
 
 
 # ------------------------------------------------------------------------------- feast

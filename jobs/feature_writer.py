@@ -8,7 +8,9 @@ micro-batches (up to ``max_batch`` messages or ``max_wait_ms``) and, per batch:
 2. writes the batch to the three stores, in this order: DLQ records (flushed), the offline
    store (one parquet part file, ``FeatureStoreClient.write_offline``), the online store
    (``push_online``: the newest row per symbol/timeframe of the batch), ClickHouse (table
-   ``features``, rows from ``infra.clickhouse.features_row``);
+   ``features``, rows from ``infra.clickhouse.features_row``) and, for observability, one
+   ``pipeline_freshness`` row per feature row (stage ``feature_redis``: observed when the
+   Redis push succeeded; infra/freshness.py);
 3. commits the batch's end offsets, synchronously, only after all of that succeeded.
 
 Delivery is at-least-once: a crash anywhere before the commit re-delivers the batch to the
@@ -39,6 +41,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from infra.clickhouse import FEATURES_BASE_COLUMNS, features_row, iso_to_ms
+from infra.freshness import TABLE as FRESHNESS_TABLE
+from infra.freshness import freshness_rows, now_ms, observe, start_metrics_server
 from infra.settings import Settings
 from jobs.kafka_writer import (
     PAUSE_ENV,
@@ -200,9 +204,21 @@ class FeatureWriter(KafkaBatchWriter):
         self._add_time("frame", t0)
         self._retrying("offline store", lambda: self._write_offline(frame))
         self._retrying("online store (Redis)", lambda: self._push_online(frame))
+        pushed_at = now_ms()  # freshness: the batch's rows are online from now on
         self._retrying(
             "ClickHouse", lambda: self._insert_clickhouse(TABLE, [features_row(r) for r in rows])
         )
+        fresh = freshness_rows(
+            "feature_redis",
+            [(r["symbol"], r["timeframe"], r["window_end_ms"], pushed_at) for r in rows],
+            settings=self.settings,
+            observed_by=DETECTED_BY,
+        )
+        self._retrying(
+            f"ClickHouse {FRESHNESS_TABLE}",
+            lambda: self._insert_clickhouse(FRESHNESS_TABLE, fresh),
+        )
+        observe(fresh)
 
     def _write_offline(self, frame: pd.DataFrame) -> None:
         assert self._client is not None
@@ -223,6 +239,7 @@ def run_writer(settings: Settings, config: WriterConfig) -> WriterStats:
     """``candleflow features write``: start, install SIGTERM/SIGINT handlers, run, close."""
     writer = FeatureWriter(settings, config)
     writer.install_signal_handlers()
+    start_metrics_server(settings)
     try:
         writer.start()
         return writer.run()

@@ -36,7 +36,14 @@ def kline_message(r: Any, timeframe: str = "1m", bar_ms: int = 60_000) -> dict[s
     }
 
 
-def submit(endpoints: Endpoints, *, job_name: str = "candleflow-features") -> JobHandle:
+def submit(
+    endpoints: Endpoints,
+    *,
+    job_name: str = "candleflow-features",
+    restore_path: str | None = None,
+) -> JobHandle:
+    """Submit the job, checkpointed (``checkpoint_interval_ms``); ``restore_path``: resume
+    from a savepoint or retained checkpoint."""
     from udfs.flink_udfs import features
 
     return submit_sql(
@@ -45,6 +52,8 @@ def submit(endpoints: Endpoints, *, job_name: str = "candleflow-features") -> Jo
         endpoints.features_params(),
         job_name,
         functions={"features": features},
+        checkpointing=True,
+        restore_path=restore_path,
     )
 
 

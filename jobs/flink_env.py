@@ -31,6 +31,49 @@ def _python_path_for_thread_mode() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(parts + ([old] if old else []))
 
 
+def flink_python_jar() -> list[str]:
+    """The flink-python jar as a file:// URL. A standalone cluster started from the pyflink
+    distribution has it in opt/, not lib/, so its JobManager cannot load the Python
+    operators (ClassNotFoundException: ArrowPythonScalarFunctionOperator,
+    StreamArrowPythonRowTimeBoundedRowsOperator) unless the job ships it; in a MiniCluster
+    it is on the classpath already (parent-first, harmless)."""
+    from pathlib import Path
+
+    import pyflink
+
+    found = sorted((Path(pyflink.__file__).parent / "opt").glob("flink-python-*.jar"))
+    return [found[-1].resolve().as_uri()] if found else []
+
+
+def checkpoint_config(settings: Settings, restore_path: str | None = None) -> dict[str, str]:
+    """Flink options for checkpoints, restarts and savepoints from the settings.
+
+    Exactly-once state snapshots every ``checkpoint_interval_ms`` into
+    ``checkpoints_home`` (file://, shared by the JobManager and TaskManagers of a local
+    standalone cluster), retained on cancellation so a job can also be resumed from its
+    last checkpoint by hand (``--from-savepoint <chk-N dir>``); fixed-delay restarts, so a
+    lost TaskManager makes the job restart from the last completed checkpoint as soon as
+    slots are back. ``restore_path``: start from this savepoint/checkpoint.
+    """
+    out: dict[str, str] = {}
+    if settings.checkpoint_interval_ms > 0:
+        out |= {
+            "execution.checkpointing.interval": f"{settings.checkpoint_interval_ms} ms",
+            "execution.checkpointing.mode": "EXACTLY_ONCE",
+            "execution.checkpointing.dir": settings.checkpoints_home.as_uri(),
+            "execution.checkpointing.savepoint-dir": settings.savepoints_home.as_uri(),
+            "execution.checkpointing.num-retained": str(settings.checkpoints_retained),
+            "execution.checkpointing.externalized-checkpoint-retention": ("RETAIN_ON_CANCELLATION"),
+            "state.backend.type": "hashmap",
+            "restart-strategy.type": "fixed-delay",
+            "restart-strategy.fixed-delay.attempts": str(settings.restart_attempts),
+            "restart-strategy.fixed-delay.delay": f"{settings.restart_delay_ms} ms",
+        }
+    if restore_path:
+        out["execution.state-recovery.path"] = restore_path
+    return out
+
+
 def table_env(settings: Settings, job_name: str, *, config: dict[str, str] | None = None):
     """A streaming TableEnvironment. Local MiniCluster unless run under ``flink run``."""
     log_dir = settings.logs_dir / "flink"
@@ -46,9 +89,9 @@ def table_env(settings: Settings, job_name: str, *, config: dict[str, str] | Non
     base = {
         "table.local-time-zone": "UTC",
         "pipeline.name": job_name,
-        "pipeline.jars": pipeline_jars(settings.jars_dir),
+        "pipeline.jars": ";".join([pipeline_jars(settings.jars_dir), *flink_python_jar()]),
         "parallelism.default": str(settings.parallelism),
-        "python.executable": sys.executable,
+        "python.executable": settings.flink_python_executable or sys.executable,
         "python.client.executable": sys.executable,
         "pipeline.auto-watermark-interval": f"{settings.watermark_interval_ms} ms",
         "python.execution-mode": settings.python_execution_mode,
@@ -85,13 +128,20 @@ def submit_sql(
     params: dict[str, str],
     job_name: str,
     functions: dict[str, Any] | None = None,
+    *,
+    checkpointing: bool = False,
+    restore_path: str | None = None,
 ) -> JobHandle:
     """Register ``functions``, run the DDL of ``sql_file`` and submit all its INSERTs as
-    one statement set (one job)."""
+    one statement set (one job). ``checkpointing``: with :func:`checkpoint_config`;
+    ``restore_path``: resume from that savepoint/retained checkpoint."""
     from jobs.sqlfile import is_insert, load_statements
 
     t0 = time.monotonic()
-    t_env = table_env(settings, job_name)
+    if restore_path and not checkpointing:
+        raise ValueError(f"{job_name}: resuming from a savepoint needs a checkpointed job")
+    config = checkpoint_config(settings, restore_path) if checkpointing else None
+    t_env = table_env(settings, job_name, config=config)
     jvm_s = time.monotonic() - t0
     for name, fn in (functions or {}).items():
         t_env.create_temporary_function(name, fn)
@@ -129,15 +179,22 @@ def job_main(
     ap.add_argument("--end-offsets", help="bounded replay: stop at these offsets, e.g. 0:115993")
     ap.add_argument("--start-offsets", help="start at these offsets instead of earliest")
     ap.add_argument("--detach", action="store_true", help="submit and return")
+    ap.add_argument(
+        "--from-savepoint",
+        help="resume from this savepoint or retained checkpoint (local MiniCluster; on a "
+        "cluster use `flink run -s PATH`)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    handle = submit(
-        Endpoints(
-            settings,
-            end_offsets=parse_offsets(args.end_offsets),
-            start_offsets=parse_offsets(args.start_offsets),
-        )
+    endpoints = Endpoints(
+        settings,
+        end_offsets=parse_offsets(args.end_offsets),
+        start_offsets=parse_offsets(args.start_offsets),
     )
+    if args.from_savepoint:
+        handle = submit(endpoints, restore_path=args.from_savepoint)  # type: ignore[call-arg]
+    else:
+        handle = submit(endpoints)
     if not args.detach:
         handle.wait()
         log.info("%s finished", prog)

@@ -389,6 +389,7 @@ class KafkaBatchWriter(ABC):
         for reason, _, _ in batch.dlq:
             st.dlq_reasons[reason] = st.dlq_reasons.get(reason, 0) + 1
         st.last_commit_at = time.monotonic()
+        _count_batch(self.name, batch)
         st.batch_log.append((st.last_commit_at, batch.n_rows, dt))
         log.debug(
             "batch %d: %d rows, %d dead-lettered, offsets %s..%s, %.0f ms",
@@ -536,6 +537,16 @@ class KafkaBatchWriter(ABC):
             self.lag(),
             f", retries {st.retries}" if st.retries else "",
         )
+
+
+def _count_batch(writer: str, batch: Batch) -> None:
+    """Prometheus counters of a committed batch (infra/freshness.py)."""
+    from infra.freshness import count_batch
+
+    dlq: dict[str, int] = {}
+    for _, topic, _ in batch.dlq:
+        dlq[topic] = dlq.get(topic, 0) + 1
+    count_batch(writer, {t: len(r) for t, r in batch.rows.items()}, dlq)
 
 
 class _StopRequested(stop_base):

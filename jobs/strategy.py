@@ -26,7 +26,7 @@ if __name__ == "__main__":  # under `flink run -py` only this file's folder is o
 from infra.connectors import Endpoints
 from infra.jars import pipeline_jars
 from infra.settings import Settings, get_settings
-from jobs.flink_env import JobHandle, job_main
+from jobs.flink_env import JobHandle, flink_python_jar, job_main
 from udfs.predict_client import MAX_ITEMS
 
 log = logging.getLogger(__name__)
@@ -36,17 +36,6 @@ ACCOUNT_KEY = 0  # one account: every row goes to the same key (one operator ins
 # catch-up replay's calls stay well inside predict_timeout_s (4096 items took up to 2.7 s
 # under the job's load; 1000 items ~0.26 s idle)
 SCORE_BATCH_ROWS = 1000
-
-
-def flink_python_jar() -> list[str]:
-    """The flink-python jar as a file:// URL. A standalone cluster started from the pyflink
-    distribution has it in opt/, not lib/, so its JobManager cannot load the Python
-    operators (ClassNotFoundException: ArrowPythonScalarFunctionOperator) unless the job
-    ships it; in a MiniCluster it is on the classpath already (parent-first, harmless)."""
-    import pyflink
-
-    found = sorted((Path(pyflink.__file__).parent / "opt").glob("flink-python-*.jar"))
-    return [found[-1].resolve().as_uri()] if found else []
 
 
 def flink_config(settings: Settings, job_name: str) -> dict[str, str]:

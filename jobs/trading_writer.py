@@ -22,8 +22,9 @@ The loop is :class:`jobs.kafka_writer.KafkaBatchWriter`'s (the feature writer's)
 consumer group (``trading_group_id``) reads the four topics in micro-batches; a malformed
 message goes to ``<topic>_dlq`` with a reason (:func:`parse_trading_message`); each table's
 rows of the batch are inserted (retried with backoff while ClickHouse is unreachable);
-the offsets are committed only after every insert succeeded. At-least-once + idempotent
-rows = nothing lost, nothing duplicated under ``FINAL``.
+the offsets are committed only after every insert succeeded. Each batch also adds
+``pipeline_freshness`` rows (stages ``prediction`` and ``order``; infra/freshness.py).
+At-least-once + idempotent rows = nothing lost, nothing duplicated under ``FINAL``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from functools import partial
 from typing import Any, Literal
 
 from infra.clickhouse import TRADING_TABLES
+from infra.freshness import TABLE as FRESHNESS_TABLE
+from infra.freshness import freshness_rows, now_ms, observe, start_metrics_server
 from infra.settings import Settings
 from jobs.kafka_writer import Batch, InvalidMessage, KafkaBatchWriter, WriterConfig, WriterStats
 
@@ -252,12 +255,17 @@ class TradingWriter(KafkaBatchWriter):
     def __init__(self, settings: Settings, config: WriterConfig | None = None) -> None:
         self.kinds = topic_kinds(settings)
         super().__init__(settings, config or trading_config(settings), list(self.kinds))
+        self._orders_seen: list[tuple[str, str, int, int]] = []  # of the batch being read
 
     def dlq_topic(self, topic: str) -> str:
         return dlq_topic(topic)
 
     def parse(self, topic: str, raw: bytes | None) -> dict[str, Any]:
-        return parse_trading_message(self.kinds[topic], raw)
+        kind = self.kinds[topic]
+        row = parse_trading_message(kind, raw)
+        if kind == "orders":  # freshness: when the order reached this writer
+            self._orders_seen.append((row["symbol"], row["timeframe"], row["bar_end_ms"], now_ms()))
+        return row
 
     def _prepare(self) -> str:
         self._retrying("clickhouse migrate", self._migrate)
@@ -273,6 +281,30 @@ class TradingWriter(KafkaBatchWriter):
                 continue
             table = TRADING_TABLES[self.kinds[topic]]
             self._retrying(f"ClickHouse {table}", partial(self._insert_clickhouse, table, rows))
+        fresh = self.freshness(batch)
+        if fresh:
+            self._retrying(
+                f"ClickHouse {FRESHNESS_TABLE}",
+                partial(self._insert_clickhouse, FRESHNESS_TABLE, fresh),
+            )
+            observe(fresh)
+
+    def freshness(self, batch: Batch) -> list[dict[str, Any]]:
+        """``pipeline_freshness`` rows of a batch: stage ``prediction`` (predicted_at_ms vs
+        the bar end) and ``order`` (when the writer received the order vs the bar end)."""
+        preds = [
+            (r["symbol"], r["timeframe"], r["bar_end_ms"], r["predicted_at_ms"])
+            for t, k in self.kinds.items()
+            if k == "predictions"
+            for r in batch.rows.get(t, [])
+            if r["predicted_at_ms"] > 0
+        ]
+        orders, self._orders_seen = self._orders_seen, []
+        kw: dict[str, Any] = {"settings": self.settings, "observed_by": DETECTED_BY}
+        return [
+            *freshness_rows("prediction", preds, **kw),
+            *freshness_rows("order", orders, **kw),
+        ]
 
     def rows_by_kind(self) -> dict[str, int]:
         return {k: self.stats.rows_by_topic.get(t, 0) for t, k in self.kinds.items()}
@@ -298,6 +330,7 @@ def run_trading_writer(settings: Settings, config: WriterConfig) -> TradingWrite
     """``candleflow trading write``: start, install SIGTERM/SIGINT handlers, run, close."""
     writer = TradingWriter(settings, config)
     writer.install_signal_handlers()
+    start_metrics_server(settings)
     try:
         writer.start()
         writer.run()

@@ -79,3 +79,44 @@ def test_cluster_job_env_leaves_unset_settings_unset() -> None:
     env = settings_env(Settings(strategy_config=Path("/x/strategy.json")))
     assert env["CANDLEFLOW_STRATEGY_CONFIG"] == "/x/strategy.json"
     assert "CANDLEFLOW_PREDICT_MODEL_SCHEDULE" not in env  # None, not the string "None"
+
+
+def test_checkpoint_config_from_settings(tmp_path) -> None:
+    from jobs.flink_env import checkpoint_config
+
+    s = Settings(state_dir=tmp_path, checkpoint_interval_ms=1_500, restart_attempts=7)
+    conf = checkpoint_config(s)
+    assert conf["execution.checkpointing.interval"] == "1500 ms"
+    assert conf["execution.checkpointing.mode"] == "EXACTLY_ONCE"
+    assert conf["execution.checkpointing.dir"] == (tmp_path / "flink-checkpoints").as_uri()
+    assert conf["execution.checkpointing.savepoint-dir"] == (tmp_path / "flink-savepoints").as_uri()
+    assert conf["execution.checkpointing.externalized-checkpoint-retention"] == (
+        "RETAIN_ON_CANCELLATION"
+    )
+    assert conf["restart-strategy.type"] == "fixed-delay"
+    assert conf["restart-strategy.fixed-delay.attempts"] == "7"
+    assert "execution.state-recovery.path" not in conf
+    resumed = checkpoint_config(s, "file:///sp/savepoint-1")
+    assert resumed["execution.state-recovery.path"] == "file:///sp/savepoint-1"
+    assert checkpoint_config(Settings(checkpoint_interval_ms=0)) == {}  # off
+
+
+def test_flink_run_from_savepoint_command(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from infra.flink_cluster import FlinkCluster
+
+    calls: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    c = FlinkCluster(Settings(state_dir=tmp_path, flink_rest_port=18999))
+    assert (
+        c.run_py(tmp_path / "job.py", ["--end-offsets", "0:5"], from_savepoint="file:///sp/1") == 0
+    )
+    cmd = calls[0]
+    assert cmd[2:7] == ["run", "-s", "file:///sp/1", "-m", "127.0.0.1:18999"]
+    assert cmd[-2:] == ["--end-offsets", "0:5"]

@@ -1,0 +1,142 @@
+"""Candles writer: Kafka ``candles`` -> ClickHouse ``candles`` (``candleflow candles write``).
+
+The candles job's output, one row per (symbol, timeframe, window_start_ms) under ``FINAL``
+(``ReplacingMergeTree(emitted_at)``, sql/clickhouse/001_market_data.sql). The loop is
+:class:`jobs.kafka_writer.KafkaBatchWriter`'s (micro-batches from a consumer group, malformed
+messages to ``topic_candles_dlq`` with a reason, inserts retried with backoff, offsets
+committed after the insert): at-least-once delivery + idempotent rows. A candle that the
+job emits twice (a restart from a checkpoint re-emits the windows fired after it) is the
+same row with a later ``emitted_at``, so ``FINAL`` shows it once.
+
+Observability: one ``pipeline_freshness`` row per candle, stage ``candle``, observed at its
+``emitted_at`` (when the job fired the window), and the Prometheus lag histogram
+(infra/freshness.py; ``/metrics`` on ``CANDLEFLOW_METRICS_PORT``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from infra.clickhouse import candles_row, iso_to_ms
+from infra.freshness import TABLE as FRESHNESS_TABLE
+from infra.freshness import freshness_rows, observe, start_metrics_server
+from infra.settings import Settings
+from jobs.kafka_writer import Batch, InvalidMessage, KafkaBatchWriter, WriterConfig, WriterStats
+
+DETECTED_BY = "candles_writer"
+TABLE = "candles"
+_STR = ("symbol", "timeframe")
+_INT = ("window_start_ms", "window_end_ms", "trade_count", "first_trade_id", "last_trade_id")
+_NUM = (
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "quote_volume",
+    "vwap",
+    "buy_volume",
+    "sell_volume",
+)
+# the topic's fields in order = the table's non-materialized columns
+FIELDS: tuple[str, ...] = (
+    *_STR,
+    "window_start_ms",
+    "window_end_ms",
+    *_NUM[:7],
+    "trade_count",
+    *_NUM[7:],
+    "first_trade_id",
+    "last_trade_id",
+    "emitted_at",
+)
+
+
+def parse_candle_message(raw: bytes | None) -> dict[str, Any]:
+    """A ``candles`` message -> its ``candles`` row, or :class:`InvalidMessage`."""
+    if not raw:
+        raise InvalidMessage("empty message")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidMessage(f"not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise InvalidMessage("not a JSON object")
+    missing = [f for f in FIELDS if f not in obj]
+    if missing:
+        raise InvalidMessage(f"missing fields: {', '.join(missing[:5])}")
+    for f in _STR:
+        if not isinstance(obj[f], str) or not obj[f]:
+            raise InvalidMessage(f"{f}: expected a non-empty string")
+    for f in _INT:
+        v = obj[f]
+        if isinstance(v, float) and v.is_integer():
+            obj[f] = v = int(v)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise InvalidMessage(f"{f}: expected an integer")
+    for f in _NUM:
+        v = obj[f]
+        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
+            raise InvalidMessage(f"{f}: expected a finite number")
+        obj[f] = float(v)
+    if obj["window_end_ms"] <= obj["window_start_ms"]:
+        raise InvalidMessage("window_end_ms <= window_start_ms")
+    try:
+        if not isinstance(obj["emitted_at"], str | int):
+            raise ValueError("not a string")
+        iso_to_ms(obj["emitted_at"])
+    except ValueError as e:
+        raise InvalidMessage(f"emitted_at: not an ISO-8601 timestamp ({e})") from None
+    return candles_row({f: obj[f] for f in FIELDS})
+
+
+class CandlesWriter(KafkaBatchWriter):
+    """Kafka ``candles`` -> ClickHouse ``candles``, commit after the insert."""
+
+    name = "candles writer"
+    detected_by = DETECTED_BY
+
+    def __init__(self, settings: Settings, config: WriterConfig | None = None) -> None:
+        cfg = config or WriterConfig.from_settings(settings, group_id=settings.candles_group_id)
+        super().__init__(settings, cfg, [settings.topic_candles])
+
+    def dlq_topic(self, topic: str) -> str:
+        return self.settings.topic_candles_dlq
+
+    def parse(self, topic: str, raw: bytes | None) -> dict[str, Any]:
+        return parse_candle_message(raw)
+
+    def _prepare(self) -> str:
+        self._retrying("clickhouse migrate", self._migrate)
+        backend = self._store.backend if self._store else "?"
+        return f"{self.settings.topic_candles} -> ClickHouse {backend} `{TABLE}`"
+
+    def _write(self, batch: Batch) -> None:
+        rows = batch.rows.get(self.settings.topic_candles, [])
+        if not rows:
+            return
+        self._retrying("ClickHouse", lambda: self._insert_clickhouse(TABLE, rows))
+        fresh = freshness_rows(
+            "candle",
+            [(r["symbol"], r["timeframe"], r["window_end_ms"], r["emitted_at"]) for r in rows],
+            settings=self.settings,
+            observed_by=DETECTED_BY,
+        )
+        self._retrying(
+            f"ClickHouse {FRESHNESS_TABLE}", lambda: self._insert_clickhouse(FRESHNESS_TABLE, fresh)
+        )
+        observe(fresh)
+
+
+def run_candles_writer(settings: Settings, config: WriterConfig) -> WriterStats:
+    """``candleflow candles write``: start, SIGTERM/SIGINT handlers, run, close."""
+    writer = CandlesWriter(settings, config)
+    writer.install_signal_handlers()
+    start_metrics_server(settings)
+    try:
+        writer.start()
+        return writer.run()
+    finally:
+        writer.close()
