@@ -7,8 +7,11 @@ TaskManager is SIGKILLed mid-replay (both jobs running, checkpoints completed, p
 output written); a new TaskManager is started; both jobs restart from their last completed
 checkpoint and finish. Their outputs go through the real writers into ClickHouse (the 18.16
 server): the FINAL tables equal the clean run's (0 lost, 0 duplicated), while the Kafka
-topics hold the re-emitted records (at-least-once sinks). A second test stops the features
-job with a savepoint mid-replay and resumes it from that savepoint: same result.
+topics hold the re-emitted records (at-least-once sinks).
+
+Not tested here, because it does not work on this stack (README, "Checkpoints"): resuming a
+job from a savepoint or retained checkpoint as a NEW submission (`flink run -s`); the restored
+Kafka source read no records in 3 of 3 tries.
 """
 
 from __future__ import annotations
@@ -49,7 +52,6 @@ BARS = 5_000  # 1m klines per symbol for the features job: 25,000 candles, ~40 s
 # columns set by the clock, not by the data: differ between any two runs
 CLOCK_COLUMNS = {"candles": "emitted_at", "features": "computed_at"}
 KEYS = ("symbol", "timeframe", "window_start_ms")
-STOP_WITH_SAVEPOINT = False
 
 
 # ------------------------------------------------------------------------------ fixtures
@@ -419,46 +421,3 @@ def test_sigkill_taskmanager_mid_replay_restores_from_checkpoint(
         f"{n_candles} (clean {clean.n_candles}), features {n_features} (clean "
         f"{inputs.n_klines}); ClickHouse raw rows {raw}, FINAL = clean"
     )
-
-
-def test_stop_with_savepoint_and_resume(
-    cluster, inputs, clean, redis_server, clickhouse_server, tmp_path
-) -> None:
-    """The features job stopped with a savepoint mid-replay and resumed from it (`flink run
-    -s`) gives the clean run's features (the candles job runs through, for the writers)."""
-    bs = inputs.base.kafka_bootstrap
-    run = Run.new(inputs, "savepoint")
-    ids = run.start(cluster, inputs)
-    fid = ids["candleflow-features"]
-
-    def mid_replay() -> bool:
-        nf = count_topic(bs, run.features.topic_features)
-        return 0.05 * inputs.n_klines <= nf <= 0.7 * inputs.n_klines
-
-    wait_for(mid_replay, 240, "the features job mid-replay")
-    path = cluster.savepoint(fid, stop=STOP_WITH_SAVEPOINT)
-    assert Path(path.removeprefix("file:")).exists(), path
-    if not STOP_WITH_SAVEPOINT:
-        cluster.cancel(fid)
-    wait_for(
-        lambda: {j["jid"]: j["state"] for j in cluster.jobs()}[fid] in ("FINISHED", "CANCELED"),
-        60,
-        "the stopped job",
-    )
-    stopped_at = count_topic(bs, run.features.topic_features)
-    assert stopped_at < inputs.n_klines
-
-    t1 = int(time.time() * 1000)
-    run.submit_features(cluster, inputs, savepoint=path)
-    wait_for(lambda: "candleflow-features" in job_ids(cluster, t1), 60, "the resumed job")
-    resumed = job_ids(cluster, t1)["candleflow-features"]
-    wait_finished(cluster, {"candles": ids["candleflow-candles"], "features": resumed}, 400)
-    cp = cluster.checkpoints(resumed)
-    assert cp["restored"] >= 1 and cp["restored_from"], cp
-
-    store = write_to_clickhouse(run, redis_server, clickhouse_server, tmp_path)
-    try:
-        assert_equal_to_clean(store, clean)
-    finally:
-        store.close()
-    print(f"\nstopped with savepoint after {stopped_at} feature rows; resumed from {path}")
