@@ -315,6 +315,10 @@ def main(argv: list[str] | None = None) -> None:
     broker = TansuBroker(port=free_port(), state_dir=state)
     redis = RedisServer(port=free_port(), state_dir=state)
     print(broker.start(), redis.start(), sep="\n", flush=True)
+    import atexit
+
+    atexit.register(redis.stop)  # also when the run fails (stop() is a no-op once stopped)
+    atexit.register(broker.stop)
     tag = uuid.uuid4().hex[:6]
     s = Settings(
         kafka_bootstrap=broker.bootstrap,
