@@ -53,6 +53,7 @@ TABLES = {
     "trading_fills",
     "trading_equity",
     "trading_pnl_daily_mv",
+    "pipeline_freshness",
     "schema_migrations",
 }
 
