@@ -214,14 +214,21 @@ class FlinkCluster:
         }
 
     def savepoint(
-        self, job_id: str, *, stop: bool = False, target: Path | None = None, timeout_s: float = 120
+        self,
+        job_id: str,
+        *,
+        stop: bool = False,
+        drain: bool = False,
+        target: Path | None = None,
+        timeout_s: float = 120,
     ) -> str:
-        """Trigger a savepoint (``stop``: stop-with-savepoint, the job ends FINISHED) and
+        """Trigger a savepoint (``stop``: stop-with-savepoint, the job ends FINISHED;
+        ``drain``: first advance the watermark to the end, firing every open window) and
         wait for it; returns its path (resume with ``flink run -s PATH``)."""
         target = target or self.s.savepoints_home
         target.mkdir(parents=True, exist_ok=True)
-        if stop:
-            body = {"targetDirectory": target.as_uri(), "drain": False}
+        if stop or drain:
+            body = {"targetDirectory": target.as_uri(), "drain": drain}
             trigger = self._post(f"/jobs/{job_id}/stop", body)
         else:
             body2 = {"target-directory": target.as_uri(), "cancel-job": False}

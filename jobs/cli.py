@@ -646,6 +646,12 @@ def flink_jobs() -> None:
 def flink_savepoint(
     job: str = typer.Argument(..., help="job id or name (e.g. candleflow-candles)"),
     stop: bool = typer.Option(False, "--stop", help="stop the job with the savepoint"),
+    drain: bool = typer.Option(
+        False,
+        "--drain",
+        help="stop, first firing every open window (ends a resumed bounded replay, which "
+        "Kafka connector bug FLINK-31006 keeps from finishing by itself)",
+    ),
     target: Path = typer.Option(None, help="savepoint folder (default CANDLEFLOW_SAVEPOINT_DIR)"),
 ) -> None:
     """Take a savepoint of a running job (`--stop`: stop-with-savepoint). Resume with
@@ -655,11 +661,12 @@ def flink_savepoint(
         j = c.find_job(job)
         if j["state"] != "RUNNING":
             _fail(f"job {j['name']} ({j['jid']}) is {j['state']}, not RUNNING")
-        path = c.savepoint(j["jid"], stop=stop, target=target)
+        path = c.savepoint(j["jid"], stop=stop, drain=drain, target=target)
     except (LookupError, RuntimeError, TimeoutError) as e:
         _fail(str(e))
         return
-    console.print(f"{'stopped ' if stop else ''}{j['name']} ({j['jid']}): savepoint {path}")
+    stopped = "drained and stopped " if drain else "stopped " if stop else ""
+    console.print(f"{stopped}{j['name']} ({j['jid']}): savepoint {path}")
     console.print(
         f"resume: candleflow {j['name'].removeprefix('candleflow-')} run --target cluster "
         f"--from-savepoint {path}"

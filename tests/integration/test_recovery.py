@@ -9,9 +9,12 @@ checkpoint and finish. Their outputs go through the real writers into ClickHouse
 server): the FINAL tables equal the clean run's (0 lost, 0 duplicated), while the Kafka
 topics hold the re-emitted records (at-least-once sinks).
 
-Not tested here, because it does not work on this stack (README, "Checkpoints"): resuming a
-job from a savepoint or retained checkpoint as a NEW submission (`flink run -s`); the restored
-Kafka source read no records in 3 of 3 tries.
+A second test takes a savepoint of the candles job mid-replay, cancels it and resumes it from
+the savepoint (`flink run -s`). The resumed bounded source reads to its end offset but never
+finishes (Kafka connector bug FLINK-31006: a restored enumerator never signals "no more
+splits"), so once it has read everything the job is stopped with `--drain` (the watermark goes
+to the end, every open window fires, as at the end of a bounded input): same candles as the
+clean run.
 """
 
 from __future__ import annotations
@@ -420,4 +423,69 @@ def test_sigkill_taskmanager_mid_replay_restores_from_checkpoint(
         f"recovered and finished {recovered_s:.0f} s later; topic records: candles "
         f"{n_candles} (clean {clean.n_candles}), features {n_features} (clean "
         f"{inputs.n_klines}); ClickHouse raw rows {raw}, FINAL = clean"
+    )
+
+
+def source_read(cluster: FlinkCluster, job_id: str) -> int:
+    return int(cluster.rest(f"/jobs/{job_id}")["vertices"][0]["metrics"]["read-records"])
+
+
+def test_savepoint_cancel_resume_then_drain(
+    cluster, inputs, clean, redis_server, clickhouse_server, tmp_path
+) -> None:
+    bs = inputs.base.kafka_bootstrap
+    run = Run.new(inputs, "savepoint")
+    ids = run.start(cluster, inputs)
+    cid = ids["candleflow-candles"]
+    wait_for(
+        lambda: 0.05 * clean.n_candles <= count_topic(bs, run.candles.topic_candles),
+        240,
+        "the candles job mid-replay",
+    )
+    path = cluster.savepoint(cid)
+    cluster.cancel(cid)
+    wait_for(lambda: cluster.find_job(cid)["state"] == "CANCELED", 60, "the cancelled job")
+    stopped_at = count_topic(bs, run.candles.topic_candles)
+    assert Path(path.removeprefix("file:")).exists(), path
+
+    t1 = int(time.time() * 1000)
+    rc = cluster.run_py(
+        CANDLES_JOB,
+        ["--end-offsets", f"0:{len(inputs.trades)}"],
+        detach=True,
+        settings_for_job=run.candles,
+        timeout_s=240,
+        from_savepoint=path,
+    )
+    assert rc == 0
+    wait_for(lambda: "candleflow-candles" in job_ids(cluster, t1), 60, "the resumed job")
+    resumed = job_ids(cluster, t1)["candleflow-candles"]
+    cp = cluster.checkpoints(resumed)
+    assert cp["restored"] >= 1 and cp["restored_from"], cp
+
+    # the source reads to its end offset, then waits forever (FLINK-31006): wait until its
+    # read count has been still for 10 s, then stop with --drain
+    last: list[tuple[int, float]] = []
+
+    def source_done() -> bool:
+        n = source_read(cluster, resumed)
+        if not last or last[-1][0] != n:
+            last.append((n, time.monotonic()))
+            return False
+        return n > 0 and time.monotonic() - last[-1][1] >= 10
+
+    wait_for(source_done, 400, "the resumed source to read to its end offset")
+    read_after_resume = last[-1][0]
+    cluster.savepoint(resumed, stop=True, drain=True)
+    wait_for(lambda: cluster.find_job(resumed)["state"] == "FINISHED", 60, "the drained job")
+    wait_finished(cluster, {"features": ids["candleflow-features"]}, 400)
+
+    store = write_to_clickhouse(run, redis_server, clickhouse_server, tmp_path)
+    try:
+        assert_equal_to_clean(store, clean)
+    finally:
+        store.close()
+    print(
+        f"\nsavepoint after {stopped_at} candles, cancelled; resumed from {path}: "
+        f"{read_after_resume} trades read, then drained; ClickHouse FINAL = clean"
     )
