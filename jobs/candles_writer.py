@@ -15,7 +15,6 @@ Observability: one ``pipeline_freshness`` row per candle, stage ``candle``, obse
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -23,7 +22,14 @@ from infra.clickhouse import candles_row, iso_to_ms
 from infra.freshness import TABLE as FRESHNESS_TABLE
 from infra.freshness import freshness_rows, observe, start_metrics_server
 from infra.settings import Settings
-from jobs.kafka_writer import Batch, InvalidMessage, KafkaBatchWriter, WriterConfig, WriterStats
+from jobs.kafka_writer import (
+    Batch,
+    InvalidMessage,
+    KafkaBatchWriter,
+    WriterConfig,
+    WriterStats,
+    json_object,
+)
 
 DETECTED_BY = "candles_writer"
 TABLE = "candles"
@@ -56,26 +62,7 @@ FIELDS: tuple[str, ...] = (
 
 def parse_candle_message(raw: bytes | None) -> dict[str, Any]:
     """A ``candles`` message -> its ``candles`` row, or :class:`InvalidMessage`."""
-    if not raw:
-        raise InvalidMessage("empty message")
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidMessage(f"not JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise InvalidMessage("not a JSON object")
-    missing = [f for f in FIELDS if f not in obj]
-    if missing:
-        raise InvalidMessage(f"missing fields: {', '.join(missing[:5])}")
-    for f in _STR:
-        if not isinstance(obj[f], str) or not obj[f]:
-            raise InvalidMessage(f"{f}: expected a non-empty string")
-    for f in _INT:
-        v = obj[f]
-        if isinstance(v, float) and v.is_integer():
-            obj[f] = v = int(v)
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise InvalidMessage(f"{f}: expected an integer")
+    obj = json_object(raw, FIELDS, strings=_STR, integers=_INT)
     for f in _NUM:
         v = obj[f]
         if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):

@@ -34,7 +34,6 @@ stores.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -53,6 +52,7 @@ from jobs.kafka_writer import (
     WriterConfig,
     WriterStats,
     is_transient,
+    json_object,
 )
 from jobs.kafka_writer import dlq_record as _dlq_record
 from udfs.indicators import FEATURE_NAMES
@@ -103,26 +103,9 @@ def parse_feature_message(raw: bytes | None) -> dict[str, Any]:
     prices and the bar must be present, features may be null (warm-up), timestamps are
     Flink's ISO-8601 text. Whatever passes here fits the ClickHouse table and Feast.
     """
-    if raw is None or not raw:
-        raise InvalidFeatureRow("empty message")
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidFeatureRow(f"not JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise InvalidFeatureRow("not a JSON object")
-    missing = [f for f in REQUIRED if f not in obj]
-    if missing:
-        raise InvalidFeatureRow(f"missing fields: {', '.join(missing[:5])}")
-    for f in _STR_FIELDS:
-        if not isinstance(obj[f], str) or not obj[f]:
-            raise InvalidFeatureRow(f"{f}: expected a non-empty string")
-    for f in _INT_FIELDS:
-        v = obj[f]
-        if isinstance(v, float) and v.is_integer():
-            obj[f] = v = int(v)
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise InvalidFeatureRow(f"{f}: expected an integer")
+    obj = json_object(
+        raw, REQUIRED, strings=_STR_FIELDS, integers=_INT_FIELDS, error=InvalidFeatureRow
+    )
     for f in _NUM_FIELDS:
         if not _is_num(obj[f]) or not math.isfinite(obj[f]):
             raise InvalidFeatureRow(f"{f}: expected a finite number")

@@ -66,6 +66,40 @@ class InvalidMessage(ValueError):
         self.reason = reason
 
 
+def json_object(
+    raw: bytes | None,
+    required: Sequence[str],
+    *,
+    strings: Sequence[str] = (),
+    integers: Sequence[str] = (),
+    error: type[InvalidMessage] = InvalidMessage,
+) -> dict[str, Any]:
+    """A message -> its JSON object with every ``required`` field, the ``strings`` non-empty
+    strings and the ``integers`` ints (an integral float becomes an int); else ``error``
+    with the reason (the same reasons for every writer's dead-letter records)."""
+    if not raw:
+        raise error("empty message")
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise error("not a JSON object")
+    missing = [f for f in required if f not in obj]
+    if missing:
+        raise error(f"missing fields: {', '.join(missing[:5])}")
+    for f in strings:
+        if not isinstance(obj[f], str) or not obj[f]:
+            raise error(f"{f}: expected a non-empty string")
+    for f in integers:
+        v = obj[f]
+        if isinstance(v, float) and v.is_integer():
+            obj[f] = v = int(v)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise error(f"{f}: expected an integer")
+    return obj
+
+
 def dlq_record(
     reason: str, raw: bytes | None, topic: str, partition: int, offset: int, detected_by: str
 ) -> bytes:
