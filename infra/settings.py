@@ -116,6 +116,11 @@ class Settings(BaseSettings):
 
     # --- candles job --------------------------------------------------------------------
     watermark_delay_ms: int = Field(5_000, ge=0, description="allowed out-of-orderness")
+    # a trade stamped later than wall clock + this is dead-lettered ("ts_ms in the future")
+    # at ingest and in the candles job, so a bad clock cannot push the watermark ahead
+    trade_max_future_ms: int = Field(60_000, ge=0, description="max trade ts ahead of now")
+    # the candles job counts each (exchange, symbol, trade_id) once per 1m window; repeats
+    # within the same window are dropped (state is per window, freed when it fires)
     idle_timeout_ms: int = Field(10_000, ge=0, description="idle partition timeout")
     # on-event: a watermark per record, so lateness depends only on arrival order
     # (deterministic, tested); on-periodic: every 200 ms, cheaper (see bench/results)
