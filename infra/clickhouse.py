@@ -18,7 +18,6 @@ stream built with the table's column types.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import math
 import re
@@ -49,6 +48,10 @@ Row = Mapping[str, Any]
 
 class ClickHouseError(RuntimeError):
     """A store could not be reached, a migration failed, or rows do not fit a table."""
+
+
+class ClickHouseDataError(ClickHouseError):
+    """The rows themselves do not fit the table (a value its column type cannot hold)."""
 
 
 # ------------------------------------------------------------------------- migrations
@@ -580,17 +583,18 @@ class ChdbStore(ClickHouseStore):
             arrow_type = _ARROW_TYPES.get(_base_type(t)[0])
             try:
                 arrays.append(pa.array(values, type=arrow_type))
-            except (pa.ArrowException, TypeError, ValueError) as e:
-                raise ClickHouseError(f"{table}.{col} ({t}): {e}") from e
-        batch = pa.Table.from_arrays(arrays, names=columns)
-        sink = io.BytesIO()
-        with pa.ipc.new_stream(sink, batch.schema) as writer:
-            writer.write_table(batch)
-        with self._conn.send_insert(
-            f"INSERT INTO {self.database}.{table} ({', '.join(columns)})", "ArrowStream"
-        ) as ins:
-            ins.append(sink.getvalue())
-            ins.finish()
+            except (pa.ArrowException, TypeError, ValueError, OverflowError) as e:
+                raise ClickHouseDataError(f"{table}.{col} ({t}): {e}") from e
+        cf_insert_rows = pa.Table.from_arrays(arrays, names=columns)  # read by Python(...)
+        # INSERT ... SELECT FROM Python(<the Arrow table>), not send_insert(): chDB 4.4's
+        # streaming insert reports success and drops the block when the server rejects it
+        # (a CHECK constraint, "too many partitions for single INSERT block"); this raises
+        cols = ", ".join(columns)
+        self._conn.query(
+            f"INSERT INTO {self.database}.{table} ({cols}) "
+            f"SELECT {cols} FROM Python(cf_insert_rows)"
+        )
+        del cf_insert_rows
 
     def close(self) -> None:
         self._conn.close()

@@ -15,68 +15,64 @@ Observability: one ``pipeline_freshness`` row per candle, stage ``candle``, obse
 
 from __future__ import annotations
 
-import math
+from dataclasses import replace
 from typing import Any
 
-from infra.clickhouse import candles_row, iso_to_ms
+from infra.clickhouse import candles_row
 from infra.freshness import TABLE as FRESHNESS_TABLE
 from infra.freshness import freshness_rows, observe, start_metrics_server
 from infra.settings import Settings
 from jobs.kafka_writer import (
+    COUNT,
+    EPOCH_MS,
+    FLOAT,
+    IDENT,
+    INT64,
+    ISO_MS,
     Batch,
+    Column,
     InvalidMessage,
     KafkaBatchWriter,
     WriterConfig,
     WriterStats,
+    check_fields,
     json_object,
 )
 
 DETECTED_BY = "candles_writer"
 TABLE = "candles"
-_STR = ("symbol", "timeframe")
-_INT = ("window_start_ms", "window_end_ms", "trade_count", "first_trade_id", "last_trade_id")
-_NUM = (
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "quote_volume",
-    "vwap",
-    "buy_volume",
-    "sell_volume",
-)
-# the topic's fields in order = the table's non-materialized columns
-FIELDS: tuple[str, ...] = (
-    *_STR,
-    "window_start_ms",
-    "window_end_ms",
-    *_NUM[:7],
-    "trade_count",
-    *_NUM[7:],
-    "first_trade_id",
-    "last_trade_id",
-    "emitted_at",
-)
+# the topic's fields in order = the table's non-materialized columns (001_market_data.sql),
+# each with what its column holds (jobs/kafka_writer.Column); emitted_at: Flink's ISO text
+# or epoch ms, stored as epoch ms (the version, and the freshness observation time)
+COLUMNS: dict[str, Column] = {
+    "symbol": IDENT,
+    "timeframe": IDENT,
+    "window_start_ms": EPOCH_MS,  # -> the DateTime partition column window_start
+    "window_end_ms": EPOCH_MS,
+    "open": FLOAT,
+    "high": FLOAT,
+    "low": FLOAT,
+    "close": FLOAT,
+    "volume": FLOAT,
+    "quote_volume": FLOAT,
+    "vwap": FLOAT,
+    "trade_count": COUNT,
+    "buy_volume": FLOAT,
+    "sell_volume": FLOAT,
+    "first_trade_id": INT64,
+    "last_trade_id": INT64,
+    "emitted_at": replace(ISO_MS, epoch_ok=True),
+}
+FIELDS: tuple[str, ...] = tuple(COLUMNS)
 
 
 def parse_candle_message(raw: bytes | None) -> dict[str, Any]:
-    """A ``candles`` message -> its ``candles`` row, or :class:`InvalidMessage`."""
-    obj = json_object(raw, FIELDS, strings=_STR, integers=_INT)
-    for f in _NUM:
-        v = obj[f]
-        if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v):
-            raise InvalidMessage(f"{f}: expected a finite number")
-        obj[f] = float(v)
-    if obj["window_end_ms"] <= obj["window_start_ms"]:
+    """A ``candles`` message -> its ``candles`` row, or :class:`InvalidMessage` (every field
+    checked against its column: :data:`COLUMNS`)."""
+    row = check_fields(json_object(raw), COLUMNS)
+    if row["window_end_ms"] <= row["window_start_ms"]:
         raise InvalidMessage("window_end_ms <= window_start_ms")
-    try:
-        if not isinstance(obj["emitted_at"], str | int):
-            raise ValueError("not a string")
-        iso_to_ms(obj["emitted_at"])
-    except ValueError as e:
-        raise InvalidMessage(f"emitted_at: not an ISO-8601 timestamp ({e})") from None
-    return candles_row({f: obj[f] for f in FIELDS})
+    return candles_row(row)
 
 
 class CandlesWriter(KafkaBatchWriter):

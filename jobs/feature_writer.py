@@ -3,7 +3,8 @@
 ``candleflow features write`` runs it. One consumer in a consumer group reads the topic in
 micro-batches (up to ``max_batch`` messages or ``max_wait_ms``) and, per batch:
 
-1. parses and validates every message; a malformed one goes to the dead-letter topic
+1. parses and validates every message (each field against what its columns hold:
+   :data:`COLUMNS`); one that cannot be stored goes to the dead-letter topic
    (``topic_features_dlq``) with a reason and its source partition/offset;
 2. writes the batch to the three stores, in this order: DLQ records (flushed), the offline
    store (one parquet part file, ``FeatureStoreClient.write_offline``), the online store
@@ -25,6 +26,9 @@ A write that fails with a transient error (Redis, ClickHouse or the broker unrea
 is retried with exponential backoff (capped at ``writer_max_backoff_s``), forever by
 default, step by step: a step that succeeded is not redone, the batch is not committed
 and no later message is read until it is written. Failures and the recovery are logged.
+A store that rejects rows (a data error) gets the batch bisected: the rows it rejects on
+their own are dead-lettered with its error, the rest is written (a dead-lettered row may
+already be in the stores written before the one that rejected it).
 Any other error stops the writer without a commit (a restart replays the batch).
 
 The consume / dead-letter / retry / commit loop is :class:`jobs.kafka_writer.KafkaBatchWriter`
@@ -35,22 +39,30 @@ stores.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from infra.clickhouse import FEATURES_BASE_COLUMNS, features_row, iso_to_ms
+from infra.clickhouse import features_row
 from infra.freshness import TABLE as FRESHNESS_TABLE
 from infra.freshness import freshness_rows, now_ms, observe, start_metrics_server
 from infra.settings import Settings
 from jobs.kafka_writer import (
+    COUNT,
+    EPOCH_MS,
+    FLAG,
+    FLOAT,
+    FLOAT_OR_NULL,
+    IDENT,
+    ISO_MS,
     PAUSE_ENV,
     Batch,
+    Column,
     InvalidMessage,
     KafkaBatchWriter,
     TransientError,
     WriterConfig,
     WriterStats,
+    check_fields,
     is_transient,
     json_object,
 )
@@ -63,6 +75,7 @@ if TYPE_CHECKING:
     from infra.feature_store import FeatureStoreClient
 
 __all__ = [
+    "COLUMNS",
     "PAUSE_ENV",
     "FeatureWriter",
     "InvalidFeatureRow",
@@ -80,11 +93,25 @@ log = logging.getLogger(__name__)
 DETECTED_BY = "feature_writer"
 TABLE = "features"
 
-_STR_FIELDS = ("feature_key", "symbol", "timeframe")
-_INT_FIELDS = ("window_start_ms", "window_end_ms", "trade_count")
-_NUM_FIELDS = ("open", "high", "low", "close", "volume", "vwap")
-_TS_FIELDS = ("event_time", "computed_at")
-REQUIRED = (*FEATURES_BASE_COLUMNS, *FEATURE_NAMES, "features_ready", *_TS_FIELDS)
+# every field of sql/flink/features.sql's sink with what its columns hold (ClickHouse
+# `features`, migration 002; the offline parquet schema and the Feast views of
+# infra/feature_store.py take the same values): prices and the bar must be present and
+# finite, features are finite or null (warm-up), timestamps Flink's ISO-8601 text within
+# the DateTime span (stored as epoch ms in ClickHouse, as timestamp[us, UTC] for Feast)
+COLUMNS: dict[str, Column] = {
+    "feature_key": IDENT,
+    "symbol": IDENT,
+    "timeframe": IDENT,
+    "window_start_ms": EPOCH_MS,  # -> the DateTime partition column window_start
+    "window_end_ms": EPOCH_MS,
+    **dict.fromkeys(("open", "high", "low", "close", "volume", "vwap"), FLOAT),
+    "trade_count": COUNT,
+    **dict.fromkeys(FEATURE_NAMES, FLOAT_OR_NULL),
+    "features_ready": FLAG,
+    "event_time": ISO_MS,  # Feast's event timestamp
+    "computed_at": ISO_MS,  # Feast's created timestamp; the ClickHouse version
+}
+REQUIRED = tuple(COLUMNS)
 
 
 # ------------------------------------------------------------------------- validation
@@ -92,38 +119,14 @@ class InvalidFeatureRow(InvalidMessage):
     """A `features` message that cannot become a row (the reason goes to the DLQ)."""
 
 
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
 def parse_feature_message(raw: bytes | None) -> dict[str, Any]:
-    """A ``features`` message -> its JSON object, or :class:`InvalidFeatureRow` with a reason.
-
-    The fields are those of ``sql/flink/features.sql``'s sink (extra fields are dropped);
-    prices and the bar must be present, features may be null (warm-up), timestamps are
-    Flink's ISO-8601 text. Whatever passes here fits the ClickHouse table and Feast.
-    """
-    obj = json_object(
-        raw, REQUIRED, strings=_STR_FIELDS, integers=_INT_FIELDS, error=InvalidFeatureRow
-    )
-    for f in _NUM_FIELDS:
-        if not _is_num(obj[f]) or not math.isfinite(obj[f]):
-            raise InvalidFeatureRow(f"{f}: expected a finite number")
-    for f in FEATURE_NAMES:
-        if obj[f] is not None and not _is_num(obj[f]):
-            raise InvalidFeatureRow(f"{f}: expected a number or null")
-    if not isinstance(obj["features_ready"], bool):
-        raise InvalidFeatureRow("features_ready: expected true/false")
-    if obj["window_end_ms"] <= obj["window_start_ms"]:
+    """A ``features`` message -> its row (the :data:`COLUMNS` fields in order, extras
+    dropped, numbers as float, timestamps as given), or :class:`InvalidFeatureRow` with a
+    reason. Whatever passes here fits the ClickHouse table, the parquet files and Feast."""
+    row = check_fields(json_object(raw, error=InvalidFeatureRow), COLUMNS, error=InvalidFeatureRow)
+    if row["window_end_ms"] <= row["window_start_ms"]:
         raise InvalidFeatureRow("window_end_ms <= window_start_ms")
-    for f in _TS_FIELDS:
-        try:
-            if not isinstance(obj[f], str):
-                raise ValueError("not a string")
-            iso_to_ms(obj[f])
-        except ValueError as e:
-            raise InvalidFeatureRow(f"{f}: not an ISO-8601 timestamp ({e})") from None
-    return {f: obj[f] for f in REQUIRED}
+    return row
 
 
 def dlq_record(reason: str, raw: bytes | None, topic: str, partition: int, offset: int) -> bytes:
@@ -182,9 +185,7 @@ class FeatureWriter(KafkaBatchWriter):
         rows = batch.rows.get(self.topic, [])
         if not rows:
             return
-        t0 = time.monotonic()
-        frame = to_feature_frame(rows)
-        self._add_time("frame", t0)
+        frame = self._retrying("frame", lambda: to_feature_frame(rows))
         self._retrying("offline store", lambda: self._write_offline(frame))
         self._retrying("online store (Redis)", lambda: self._push_online(frame))
         pushed_at = now_ms()  # freshness: the batch's rows are online from now on

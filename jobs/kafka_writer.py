@@ -7,13 +7,23 @@ batch is written (:meth:`~KafkaBatchWriter._write`, each step through
 
 1. one consumer in a consumer group reads the topics in micro-batches (up to ``max_batch``
    messages or ``max_wait_ms``), no auto-commit, ``read_committed``;
-2. a malformed message goes to its topic's dead-letter topic with a reason and its source
-   topic/partition/offset (the record shape of ``trades_dlq``), flushed before anything else
-   is written;
-3. the subclass writes the batch; a transient failure (store or broker unreachable) is
-   retried with exponential backoff (capped at ``max_backoff_s``; forever by default), step
-   by step, so a step that succeeded is not redone; anything else stops the writer;
+2. a message that cannot be stored goes to its topic's dead-letter topic with a reason and
+   its source topic/partition/offset (the record shape of ``trades_dlq``), flushed before
+   anything else is written. "Cannot be stored" is decided field by field against the
+   target columns (:class:`Column`: the ClickHouse type of each column, the DateTime span
+   of the epoch-ms fields, finiteness, valid strings), in the parse step, so no later store
+   sees a value it cannot hold;
+3. the subclass writes the batch; a transient failure (store or broker unreachable,
+   :func:`is_transient`) is retried with exponential backoff (capped at ``max_backoff_s``;
+   forever by default), step by step, so a step that succeeded is not redone. A store that
+   rejects the batch's *data* (:func:`is_data_error`: a type/overflow/constraint error, a
+   pandas out-of-bounds, ...) is the second line of defence: the batch is bisected and
+   re-written in halves until the message(s) the store rejects on their own are isolated;
+   those are dead-lettered with the store's error as the reason, the rest is written.
+   Anything else (a bug, a missing table) stops the writer without a commit;
 4. the batch's end offsets are committed, synchronously, only after all of that succeeded.
+   A message is committed either written or dead-lettered: none can stop the stream, and
+   none is retried forever.
 
 Delivery is at-least-once: a crash before the commit re-delivers the batch, so the writes
 must be idempotent (ClickHouse ReplacingMergeTree keys + ``FINAL``). SIGTERM/SIGINT finish
@@ -22,18 +32,22 @@ must be idempotent (ClickHouse ReplacingMergeTree keys + ``FINAL``). SIGTERM/SIG
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
+import math
 import os
+import re
 import signal
+import struct
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import FrameType
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from tenacity import (
     RetryCallState,
@@ -46,12 +60,14 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from infra.clickhouse import iso_to_ms
 from infra.settings import Settings
 
 if TYPE_CHECKING:
     from infra.clickhouse import ClickHouseStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # test-only: sleep this long between the last write and the commit (SIGKILL tests)
 PAUSE_ENV = "CANDLEFLOW_WRITER_PAUSE_BEFORE_COMMIT_S"
@@ -66,56 +82,297 @@ class InvalidMessage(ValueError):
         self.reason = reason
 
 
+# [lo, hi) of ClickHouse's integer types
+INT_RANGES: dict[str, tuple[int, int]] = {
+    **{f"Int{b}": (-(2 ** (b - 1)), 2 ** (b - 1)) for b in (8, 16, 32, 64)},
+    **{f"UInt{b}": (0, 2**b) for b in (8, 16, 32, 64)},
+}
+# ClickHouse's DateTime (18.16 as today) is a UInt32 of seconds: an epoch-ms field that
+# feeds one (``MATERIALIZED toDateTime(intDiv(ms, 1000))``, partitions, dashboards) must be
+# in [0, 2**32 * 1000), i.e. 1970-01-01T00:00:00.000Z .. 2106-02-07T06:28:15.999Z. Every
+# epoch-ms / ISO timestamp field is held to it: that span also fits pandas datetime64[ns]
+# (1677..2262), the offline parquet's timestamp[us, UTC], Feast/Redis protobuf timestamps,
+# Date (pnl_daily, to 2149) and keeps ``lag_ms`` differences inside Int64.
+DATETIME_MS = (0, 2**32 * 1000)
+IDENT_MAX_CHARS = 256  # identifiers (symbols, ids, keys of tables and of Feast entities)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# the ISO-8601 subset that Python (ClickHouse ms) and pandas (Feast, parquet) read alike:
+# Flink's TIMESTAMP_LTZ text; no week dates, no comma fractions, no date-only values
+_ISO = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})?")
+_ISO_FORMAT = "YYYY-MM-DDTHH:MM:SS[.fff][Z|+HH:MM]"
+
+
+def ms_text(ms: int) -> str:
+    """Epoch ms -> ``1970-01-01T00:00:00.000Z``."""
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def _bound(n: int) -> str:
+    a = abs(n)
+    if a >= 2**16 and a & (a - 1) == 0:
+        return f"{'-' if n < 0 else ''}2**{a.bit_length() - 1}"
+    return str(n)
+
+
+def _show(v: Any, limit: int = 40) -> str:
+    text = repr(v)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _storable_text(v: str) -> bool:
+    """Encodable as UTF-8 (what ClickHouse, Arrow, Redis and protobuf need): no lone
+    surrogates (JSON ``"\\ud800"`` decodes to one)."""
+    if v.isascii():
+        return True
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Column:
+    """What one message field must be for its target column(s) to hold it.
+
+    ``ch_type`` is the ClickHouse type of the column the field is stored in, as written in
+    sql/clickhouse/*.sql (tests/unit/test_writer_columns.py checks every writer's columns
+    against the migrated tables); the check follows from it:
+
+    - ``Int*``/``UInt*``: a JSON integer (an integral float too, e.g. ``3.0``; never a
+      boolean) in the type's range, narrowed to [``lo``, ``hi``) where the value also
+      feeds a DateTime or must not be negative (``what`` names that range in the reason);
+      ``flag``: ``UInt8`` written as true/false;
+    - ``Float64``: a finite number (a JSON integer too, when a float holds it);
+      ``Nullable(Float64)``: that or null (``nan``: NaN too, stored as NaN);
+    - ``String``: a non-empty string; ``choices``: one of them; ``ident``: an identifier
+      (at most :data:`IDENT_MAX_CHARS` characters, no control characters);
+      ``null_as``: null is stored as this string; ``Nullable(String)``: a string or null;
+      every string must encode as UTF-8;
+    - ``iso``: ISO-8601 text (Flink's ``TIMESTAMP_LTZ``) stored as Int64 epoch ms, in
+      [``lo``, ``hi``) ms (``epoch_ok``: an integer epoch ms is accepted too).
+
+    :meth:`check` returns the value as stored (ints as int, numbers as float), or raises
+    the writer's :class:`InvalidMessage` with the reason.
+    """
+
+    ch_type: str
+    lo: int | None = None
+    hi: int | None = None
+    what: str = ""
+    flag: bool = False
+    nan: bool = False
+    choices: tuple[str, ...] = ()
+    ident: bool = False
+    null_as: str | None = None
+    iso: bool = False
+    epoch_ok: bool = False
+
+    @property
+    def base(self) -> str:
+        m = re.fullmatch(r"Nullable\((.*)\)", self.ch_type)
+        return m.group(1) if m else self.ch_type
+
+    @property
+    def nullable(self) -> bool:
+        return self.ch_type.startswith("Nullable(")
+
+    @property
+    def bounds(self) -> tuple[int, int]:
+        lo, hi = INT_RANGES.get(self.base, (-(2**63), 2**63))
+        return (lo if self.lo is None else max(lo, self.lo), hi if self.hi is None else self.hi)
+
+    @property
+    def range_text(self) -> str:
+        lo, hi = self.bounds
+        if self.iso or self.what.startswith("epoch ms"):
+            return f"{self.what} ({ms_text(lo)} .. {ms_text(hi - 1)})"
+        return f"{self.what or self.base} [{_bound(lo)}, {_bound(hi)})"
+
+    def check(self, name: str, v: Any, error: type[InvalidMessage] = InvalidMessage) -> Any:
+        if v is None:
+            if self.nullable:
+                return None
+            if self.null_as is not None:
+                return self.null_as
+        if self.iso:
+            return self._iso(name, v, error)
+        base = self.base
+        if self.flag:
+            if not isinstance(v, bool):
+                raise error(f"{name}: expected true/false")
+            return v
+        if base in INT_RANGES:
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise error(f"{name}: expected an integer")
+            lo, hi = self.bounds
+            if not lo <= v < hi:
+                raise error(f"{name}: out of range for {self.range_text}")
+            return v
+        if base.startswith("Float"):
+            expected = "a number or null" if self.nan else "a finite number"
+            if self.nullable and not self.nan:
+                expected += " or null"
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                raise error(f"{name}: expected {expected}")
+            try:
+                f = float(v)
+            except OverflowError:  # a JSON integer of more than ~308 digits
+                raise error(f"{name}: expected {expected}") from None
+            if not math.isfinite(f) and not (self.nan and math.isnan(f)):
+                raise error(f"{name}: expected {expected}")
+            return f
+        if base == "String":
+            if not isinstance(v, str):
+                if self.nullable or self.null_as is not None:
+                    raise error(f"{name}: expected a string or null")
+                if self.choices:
+                    raise error(
+                        f"{name}: expected one of {', '.join(self.choices)}, got {_show(v)}"
+                    )
+                raise error(f"{name}: expected a non-empty string")
+            if self.choices:
+                if v not in self.choices:
+                    raise error(
+                        f"{name}: expected one of {', '.join(self.choices)}, got {_show(v)}"
+                    )
+                return v
+            if not v and not (self.nullable or self.null_as is not None):
+                raise error(f"{name}: expected a non-empty string")
+            if not _storable_text(v):
+                raise error(f"{name}: not valid Unicode (a lone surrogate)")
+            if self.ident:
+                if len(v) > IDENT_MAX_CHARS:
+                    raise error(f"{name}: longer than {IDENT_MAX_CHARS} characters")
+                if _CONTROL.search(v):
+                    raise error(f"{name}: control characters are not allowed")
+            return v
+        raise AssertionError(f"no check for column type {self.ch_type!r}")  # pragma: no cover
+
+    def _iso(self, name: str, v: Any, error: type[InvalidMessage]) -> Any:
+        if self.epoch_ok and isinstance(v, int) and not isinstance(v, bool):
+            ms = v
+        elif isinstance(v, str):
+            if not _ISO.fullmatch(v):
+                raise error(f"{name}: not an ISO-8601 timestamp (expected {_ISO_FORMAT})")
+            try:
+                ms = iso_to_ms(v)
+            except (ValueError, OverflowError) as e:
+                raise error(f"{name}: not an ISO-8601 timestamp ({e})") from None
+        else:
+            raise error(f"{name}: not an ISO-8601 timestamp (not a string)")
+        lo, hi = self.bounds
+        if not lo <= ms < hi:
+            raise error(f"{name}: out of range for {self.range_text}")
+        return v  # as given: the writers' *_row functions convert it to ms
+
+
+# the column kinds the writers' tables use
+EPOCH_MS = Column("Int64", lo=DATETIME_MS[0], hi=DATETIME_MS[1], what="epoch ms of a DateTime")
+# a bar's end: the partition is toDateTime(intDiv(bar_end_ms - 1, 1000)) (migration 005)
+BAR_END_MS = Column(
+    "Int64", lo=DATETIME_MS[0] + 1, hi=DATETIME_MS[1] + 1, what="epoch ms of a bar end"
+)
+ISO_MS = Column("Int64", lo=DATETIME_MS[0], hi=DATETIME_MS[1], what="a DateTime", iso=True)
+COUNT = Column("Int64", lo=0, what="Int64 >= 0")
+INT64 = Column("Int64")
+UINT32 = Column("UInt32")
+FLOAT = Column("Float64")
+FLOAT_OR_NULL = Column("Nullable(Float64)")
+FLAG = Column("UInt8", flag=True)
+IDENT = Column("String", ident=True)
+TEXT_OR_NULL = Column("Nullable(String)")
+
+
+def one_of(*choices: str) -> Column:
+    return Column("String", choices=choices)
+
+
+class _DuplicateField(Exception):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                raise _DuplicateField(k)
+            seen.add(k)
+    return obj
+
+
 def json_object(
-    raw: bytes | None,
-    required: Sequence[str],
-    *,
-    strings: Sequence[str] = (),
-    integers: Sequence[str] = (),
-    error: type[InvalidMessage] = InvalidMessage,
+    raw: bytes | None, *, error: type[InvalidMessage] = InvalidMessage
 ) -> dict[str, Any]:
-    """A message -> its JSON object with every ``required`` field, the ``strings`` non-empty
-    strings and the ``integers`` ints (an integral float becomes an int); else ``error``
-    with the reason (the same reasons for every writer's dead-letter records)."""
+    """The prologue of every writer's parse: a message -> its JSON object, else ``error``
+    with the reason: empty, not JSON (incl. invalid UTF-8, nesting too deep for the
+    parser, integers of more than 4,300 digits), a duplicate field (ambiguous: parsers
+    disagree on which value wins), not an object."""
     if not raw:
         raise error("empty message")
     try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        obj = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except _DuplicateField as e:
+        raise error(f"duplicate field: {_show(str(e.args[0]))}") from None
+    except RecursionError:
+        raise error("not JSON: nested too deeply") from None
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, int digits limit
         raise error(f"not JSON: {e}") from None
     if not isinstance(obj, dict):
         raise error("not a JSON object")
-    missing = [f for f in required if f not in obj]
+    return obj
+
+
+def check_fields(
+    obj: Mapping[str, Any],
+    columns: Mapping[str, Column],
+    *,
+    error: type[InvalidMessage] = InvalidMessage,
+) -> dict[str, Any]:
+    """The ``columns`` fields of a decoded message, in order, each as stored
+    (:meth:`Column.check`); extra fields are dropped. A missing field or a value its column
+    cannot hold raises ``error`` with the reason."""
+    missing = [f for f in columns if f not in obj]
     if missing:
         raise error(f"missing fields: {', '.join(missing[:5])}")
-    for f in strings:
-        if not isinstance(obj[f], str) or not obj[f]:
-            raise error(f"{f}: expected a non-empty string")
-    for f in integers:
-        v = obj[f]
-        if isinstance(v, float) and v.is_integer():
-            obj[f] = v = int(v)
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise error(f"{f}: expected an integer")
-    return obj
+    return {f: c.check(f, obj[f], error) for f, c in columns.items()}
+
+
+DLQ_PAYLOAD_MAX_BYTES = 64 * 1024  # a DLQ record must fit the broker's message size limit
 
 
 def dlq_record(
     reason: str, raw: bytes | None, topic: str, partition: int, offset: int, detected_by: str
 ) -> bytes:
-    """Same shape as ``trades_dlq`` records (jobs/ingest/schema.py), with the source offset."""
-    payload = (raw or b"").decode("utf-8", errors="replace")
-    return json.dumps(
-        {
-            "reason": reason,
-            "payload": payload,
-            "source_topic": topic,
-            "source_partition": partition,
-            "source_offset": offset,
-            "detected_by": detected_by,
-            "detected_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        }
-    ).encode()
+    """Same shape as ``trades_dlq`` records (jobs/ingest/schema.py), with the source offset.
+
+    ``payload`` is the message as text (invalid UTF-8 replaced by U+FFFD; then also
+    ``payload_base64``, the exact bytes). A message over :data:`DLQ_PAYLOAD_MAX_BYTES` is cut
+    there (``payload_truncated``, ``payload_bytes``): the record must fit the broker's size
+    limit; the whole message stays at its source offset."""
+    data = raw or b""
+    cut = data[:DLQ_PAYLOAD_MAX_BYTES]
+    rec: dict[str, Any] = {
+        "reason": reason[:2_000],
+        "payload": cut.decode("utf-8", errors="replace"),
+        "source_topic": topic,
+        "source_partition": partition,
+        "source_offset": offset,
+        "detected_by": detected_by,
+        "detected_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+    }
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        rec["payload_base64"] = base64.b64encode(cut).decode()
+    if len(data) > len(cut):
+        rec["payload_truncated"] = True
+        rec["payload_bytes"] = len(data)
+    return json.dumps(rec).encode()
 
 
 # ---------------------------------------------------------------------------- retries
@@ -141,11 +398,76 @@ def is_transient(exc: BaseException) -> bool:
         if isinstance(exc, ch_errors.NetworkError | ch_errors.SocketTimeoutError):
             return True
         # server-side: too many parts / memory limit / timeouts are load, not bad data
+        # (252 is also "too many partitions for single INSERT block": the batch's data)
         if isinstance(exc, ch_errors.ServerException) and exc.code in (159, 209, 210, 241, 252):
-            return True
+            return not _too_many_partitions(exc)
     except ImportError:  # pragma: no cover
         pass
     return isinstance(exc, OSError)
+
+
+# ClickHouse error codes an INSERT gets for the values it carries (ErrorCodes.cpp):
+# CANNOT_PARSE_TEXT, CANNOT_PARSE_INPUT_ASSERTION_FAILED, CANNOT_PARSE_DATE/DATETIME,
+# TYPE_MISMATCH (clickhouse-driver: a value its column type cannot hold),
+# ARGUMENT_OUT_OF_BOUND, CANNOT_CONVERT_TYPE, CANNOT_PARSE_NUMBER, INCORRECT_DATA,
+# TOO_LARGE_STRING_SIZE, ILLEGAL_DIVISION (a MATERIALIZED expression),
+# VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE, CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN,
+# DECIMAL_OVERFLOW, VIOLATED_CONSTRAINT; and 252 for too many partitions in one block
+DATA_ERROR_CODES = frozenset({6, 27, 38, 41, 53, 69, 70, 72, 117, 131, 153, 321, 349, 407, 469})
+_CODE = re.compile(r"\bCode: (\d+)\b")
+
+
+def _too_many_partitions(exc: BaseException) -> bool:
+    return "partitions for single INSERT" in str(exc)
+
+
+def _clickhouse_code(exc: BaseException) -> int | None:
+    """The ClickHouse error code of a clickhouse-driver error, or of a chDB error
+    (``Code: N. DB::Exception: ...``)."""
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    if type(exc).__name__ == "ChdbError":
+        m = _CODE.search(str(exc))
+        return int(m.group(1)) if m else None
+    return None
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """Errors a store raises because of the rows it was given (so the batch's other rows
+    can still be written): an overflow, a value a type cannot hold, invalid text, a pandas
+    out-of-bounds timestamp, a ClickHouse type/parse/range/constraint error. Not transient
+    errors (retried) and not the rest (bugs, a missing table: the writer stops)."""
+    from infra.clickhouse import ClickHouseDataError, ClickHouseError
+
+    if isinstance(exc, RowsRejected | ClickHouseDataError):
+        return True
+    if is_transient(exc):
+        return False
+    code = _clickhouse_code(exc)
+    if code is not None:
+        return code in DATA_ERROR_CODES or (code == 252 and _too_many_partitions(exc))
+    if isinstance(exc, ClickHouseError):  # unreachable, migrations, unknown columns
+        return False
+    # ValueError includes pandas' OutOfBoundsDatetime, pyarrow's ArrowInvalid and
+    # UnicodeError; struct.error: a value a packed column cannot hold
+    if isinstance(exc, OverflowError | ValueError | struct.error):
+        return True
+    try:
+        import pyarrow as pa
+
+        return isinstance(exc, pa.ArrowTypeError | pa.ArrowInvalid)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+class RowsRejected(Exception):
+    """A write step failed because of the rows it was given (:func:`is_data_error`)."""
+
+    def __init__(self, step: str, exc: BaseException) -> None:
+        super().__init__(f"{step}: {_short(exc)}")
+        self.step = step
+        self.reason = f"{step} rejected the message: {_short(exc, 300)}"
 
 
 # ----------------------------------------------------------------------------- config
@@ -177,9 +499,20 @@ class WriterConfig:
         return cfg
 
 
+@dataclass(frozen=True)
+class Source:
+    """Where a row came from (to dead-letter it if a store rejects it)."""
+
+    partition: int
+    offset: int
+    raw: bytes | None
+
+
 @dataclass
 class Batch:
     rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # topic -> rows
+    # topic -> the rows' messages, aligned with ``rows`` (empty in hand-made batches)
+    sources: dict[str, list[Source]] = field(default_factory=dict)
     dlq: list[tuple[str, str, bytes]] = field(default_factory=list)  # (reason, topic, record)
     next_offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # last + 1
     first_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -188,6 +521,19 @@ class Batch:
     @property
     def n_rows(self) -> int:
         return sum(len(r) for r in self.rows.values())
+
+    def items(self) -> list[tuple[str, int]]:
+        """(topic, index) of every row, in topic order."""
+        return [(t, i) for t, rows in self.rows.items() for i in range(len(rows))]
+
+    def subset(self, items: Sequence[tuple[str, int]]) -> Batch:
+        """A batch of just these rows (for :meth:`KafkaBatchWriter._write`)."""
+        sub = Batch()
+        for t, i in items:
+            sub.rows.setdefault(t, []).append(self.rows[t][i])
+            if t in self.sources:
+                sub.sources.setdefault(t, []).append(self.sources[t][i])
+        return sub
 
 
 @dataclass
@@ -393,18 +739,30 @@ class KafkaBatchWriter(ABC):
         batch.first_offsets.setdefault((topic, p), off)
         batch.next_offsets[(topic, p)] = off + 1
         try:
-            batch.rows.setdefault(topic, []).append(self.parse(topic, raw))
+            row = self.parse(topic, raw)
         except InvalidMessage as e:
-            rec = dlq_record(e.reason, raw, topic, p, off, self.detected_by)
-            batch.dlq.append((e.reason, topic, rec))
+            self._dead_letter(batch, e.reason, raw, topic, p, off)
+            return
+        except Exception as e:  # a parser bug must not stop the stream either
+            log.exception("parsing a `%s` message (offset %d) failed", topic, off)
+            self._dead_letter(batch, f"parse failed: {_short(e)}", raw, topic, p, off)
+            return
+        batch.rows.setdefault(topic, []).append(row)
+        batch.sources.setdefault(topic, []).append(Source(p, off, raw))
+
+    def _dead_letter(
+        self, batch: Batch, reason: str, raw: bytes | None, topic: str, p: int, off: int
+    ) -> None:
+        rec = dlq_record(reason, raw, topic, p, off, self.detected_by)
+        batch.dlq.append((reason, topic, rec))
 
     # -- one batch -----------------------------------------------------------------------
     def _write_and_commit(self, batch: Batch) -> None:
         t0 = time.monotonic()
         if batch.dlq:
-            self._retrying("dead-letter topic", lambda: self._send_dlq(batch))
+            self._retrying("dead-letter topic", lambda: self._send_dlq(batch.dlq))
         if batch.n_rows:
-            self._write(batch)
+            self._write_isolating(batch)
         if self._pause_s:
             log.warning(
                 "%s: pausing %.1f s before the commit (test knob)", PAUSE_ENV, self._pause_s
@@ -435,14 +793,74 @@ class KafkaBatchWriter(ABC):
             dt * 1000,
         )
 
-    def _send_dlq(self, batch: Batch) -> None:
+    def _write_isolating(self, batch: Batch) -> None:
+        """:meth:`_write`; if a store rejects the batch's data (:func:`is_data_error`), the
+        second line of defence: bisect the batch, re-write the halves, dead-letter each
+        message a store rejects on its own (reason: the store's error), drop it from the
+        batch. Transient and other errors propagate (no commit), as before."""
+        try:
+            self._write(batch)
+            return
+        except Exception as e:
+            if not is_data_error(e):
+                raise
+            first: BaseException = e
+        items = batch.items()
+        log.error(
+            "a store rejected a batch of %d rows (%s); isolating the message(s) it rejects",
+            len(items),
+            _short(first),
+        )
+        rejected: list[tuple[tuple[str, int], BaseException]] = []
+        self._bisect(batch, items, first, rejected)
+        fresh = Batch()
+        for (topic, i), exc in rejected:
+            reason = (
+                exc.reason if isinstance(exc, RowsRejected) else f"write failed: {_short(exc, 300)}"
+            )
+            src = batch.sources.get(topic, [])
+            if i < len(src):
+                s = src[i]
+                log.error("dead-lettered a `%s` message (offset %d): %s", topic, s.offset, reason)
+                self._dead_letter(fresh, reason, s.raw, topic, s.partition, s.offset)
+        drop = {(t, i) for (t, i), _ in rejected}
+        for topic in list(batch.rows):
+            keep = [i for i in range(len(batch.rows[topic])) if (topic, i) not in drop]
+            batch.rows[topic] = [batch.rows[topic][i] for i in keep]
+            if topic in batch.sources:
+                batch.sources[topic] = [batch.sources[topic][i] for i in keep]
+        if fresh.dlq:
+            self._retrying("dead-letter topic", lambda: self._send_dlq(fresh.dlq))
+            batch.dlq.extend(fresh.dlq)
+
+    def _bisect(
+        self,
+        batch: Batch,
+        items: list[tuple[str, int]],
+        exc: BaseException,
+        rejected: list[tuple[tuple[str, int], BaseException]],
+    ) -> None:
+        """``items`` failed with the data error ``exc``: write each half on its own."""
+        if len(items) == 1:
+            rejected.append((items[0], exc))
+            return
+        mid = len(items) // 2
+        for half in (items[:mid], items[mid:]):
+            try:
+                self._write(batch.subset(half))
+            except Exception as e:
+                if not is_data_error(e):
+                    raise
+                self._bisect(batch, half, e, rejected)
+
+    def _send_dlq(self, dlq: Sequence[tuple[str, str, bytes]]) -> None:
         failed: list[str] = []
 
         def on_delivery(err: Any, msg: Any) -> None:
             if err is not None:
                 failed.append(str(err))
 
-        for reason, topic, rec in batch.dlq:
+        for reason, topic, rec in dlq:
             log.warning("dead-lettered a `%s` message: %s", topic, reason)
             self._producer.produce(self.dlq_topic(topic), rec, on_delivery=on_delivery)
         left = self._producer.flush(30)
@@ -494,8 +912,10 @@ class KafkaBatchWriter(ABC):
         st = self.stats.step_s
         st[step] = st.get(step, 0.0) + time.monotonic() - since
 
-    def _retrying(self, what: str, fn: Callable[[], None]) -> None:
-        """Run ``fn``; retry transient errors with backoff (logged), re-raise the rest."""
+    def _retrying(self, what: str, fn: Callable[[], T]) -> T:
+        """Run ``fn``; retry transient errors with backoff (logged); a data error
+        (:func:`is_data_error`) becomes :class:`RowsRejected` naming ``what``; re-raise
+        the rest."""
         cfg = self.config
         t0 = time.monotonic()
         first_failure: list[float] = []
@@ -525,7 +945,12 @@ class KafkaBatchWriter(ABC):
             before_sleep=before_sleep,
             reraise=True,
         )
-        retrying(fn)
+        try:
+            out = retrying(fn)
+        except Exception as e:
+            if not isinstance(e, RowsRejected) and is_data_error(e):
+                raise RowsRejected(what, e) from e
+            raise
         self._add_time(what, t0)
         if first_failure:
             log.warning(
@@ -533,6 +958,7 @@ class KafkaBatchWriter(ABC):
                 what,
                 time.monotonic() - first_failure[0],
             )
+        return out
 
     # -- progress ------------------------------------------------------------------------
     def lag(self) -> dict[str, int]:
@@ -591,8 +1017,8 @@ class _StopRequested(stop_base):
         return self.writer._stop
 
 
-def _short(exc: BaseException | None) -> str:
+def _short(exc: BaseException | None, limit: int = 200) -> str:
     if exc is None:
         return "?"
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text[:200]}"
+    return f"{type(exc).__name__}: {text[:limit]}"

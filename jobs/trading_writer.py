@@ -29,11 +29,11 @@ At-least-once + idempotent rows = nothing lost, nothing duplicated under ``FINAL
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from functools import partial
 from typing import Any, Literal
 
@@ -41,7 +41,25 @@ from infra.clickhouse import TRADING_TABLES
 from infra.freshness import TABLE as FRESHNESS_TABLE
 from infra.freshness import freshness_rows, now_ms, observe, start_metrics_server
 from infra.settings import Settings
-from jobs.kafka_writer import Batch, InvalidMessage, KafkaBatchWriter, WriterConfig, WriterStats
+from jobs.kafka_writer import (
+    BAR_END_MS,
+    EPOCH_MS,
+    FLAG,
+    FLOAT,
+    FLOAT_OR_NULL,
+    IDENT,
+    TEXT_OR_NULL,
+    UINT32,
+    Batch,
+    Column,
+    InvalidMessage,
+    KafkaBatchWriter,
+    WriterConfig,
+    WriterStats,
+    check_fields,
+    json_object,
+    one_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -62,69 +80,71 @@ ORDER_REASONS = (
 )
 ORDER_STATUSES = ("new", "rejected")
 _PROBS = ("p_down", "p_flat", "p_up", "signal")
-# [lo, hi) of the integer types; bar_end_ms < 2**62: the orders version (x 2 + 1) is an Int64
-_INT_RANGES = {"ms": (1, 2**62), "int": (0, 2**63), "u32": (0, 2**32)}
 
-# field -> type: str (non-empty), tag (string, null -> ''), str? (string or null),
-# ms (epoch ms > 0), int (>= 0), u32 (a UInt32), num (finite number), num? (number or
-# null), bool, or a tuple of allowed strings
-FieldType = str | tuple[str, ...]
-FIELDS: dict[str, tuple[tuple[str, FieldType], ...]] = {
+# what the columns of migration 005 hold (jobs/kafka_writer.Column): identifiers are
+# non-empty strings; bar_end_ms feeds the DateTime partition (of bar_end_ms - 1) and the
+# orders version (x 2 + 1), both inside Int64; predicted_at_ms is epoch ms or 0 (unknown);
+# a nullable number may be NaN (stored as NaN; not for an `ok` prediction), never infinite
+MODEL_TAG = Column("String", ident=True, null_as="")  # null -> '' (a sorting key)
+NUM_OR_NULL = replace(FLOAT_OR_NULL, nan=True)
+PREDICTED_AT_MS = EPOCH_MS
+FIELDS: dict[str, tuple[tuple[str, Column], ...]] = {
     "predictions": (
-        ("symbol", "str"),
-        ("timeframe", "str"),
-        ("bar_end_ms", "ms"),
-        ("model_tag", "tag"),
-        ("p_down", "num?"),
-        ("p_flat", "num?"),
-        ("p_up", "num?"),
-        ("signal", "num?"),
-        ("status", PREDICTION_STATUSES),
-        ("reason", "str?"),
-        ("latency_ms", "num?"),
-        ("predicted_at_ms", "int"),
+        ("symbol", IDENT),
+        ("timeframe", IDENT),
+        ("bar_end_ms", BAR_END_MS),
+        ("model_tag", MODEL_TAG),
+        ("p_down", NUM_OR_NULL),
+        ("p_flat", NUM_OR_NULL),
+        ("p_up", NUM_OR_NULL),
+        ("signal", NUM_OR_NULL),
+        ("status", one_of(*PREDICTION_STATUSES)),
+        ("reason", TEXT_OR_NULL),
+        ("latency_ms", NUM_OR_NULL),
+        ("predicted_at_ms", PREDICTED_AT_MS),
     ),
     "orders": (
-        ("strategy", "str"),
-        ("timeframe", "str"),
-        ("client_order_id", "str"),
-        ("symbol", "str"),
-        ("bar_end_ms", "ms"),
-        ("side", SIDES),
-        ("qty", "num"),
-        ("decision_price", "num"),
-        ("reason", ORDER_REASONS),
-        ("signal", "num?"),
-        ("status", ORDER_STATUSES),
+        ("strategy", IDENT),
+        ("timeframe", IDENT),
+        ("client_order_id", IDENT),
+        ("symbol", IDENT),
+        ("bar_end_ms", BAR_END_MS),
+        ("side", one_of(*SIDES)),
+        ("qty", FLOAT),
+        ("decision_price", FLOAT),
+        ("reason", one_of(*ORDER_REASONS)),
+        ("signal", NUM_OR_NULL),
+        ("status", one_of(*ORDER_STATUSES)),
     ),
     "fills": (
-        ("strategy", "str"),
-        ("timeframe", "str"),
-        ("client_order_id", "str"),
-        ("symbol", "str"),
-        ("bar_end_ms", "ms"),
-        ("side", SIDES),
-        ("qty", "num"),
-        ("price", "num"),
-        ("fee", "num"),
-        ("position_after", "num"),
-        ("avg_entry_after", "num"),
-        ("realized_pnl", "num"),
-        ("cash_after", "num"),
+        ("strategy", IDENT),
+        ("timeframe", IDENT),
+        ("client_order_id", IDENT),
+        ("symbol", IDENT),
+        ("bar_end_ms", BAR_END_MS),
+        ("side", one_of(*SIDES)),
+        ("qty", FLOAT),
+        ("price", FLOAT),
+        ("fee", FLOAT),
+        ("position_after", FLOAT),
+        ("avg_entry_after", FLOAT),
+        ("realized_pnl", FLOAT),
+        ("cash_after", FLOAT),
     ),
     "equity": (
-        ("strategy", "str"),
-        ("timeframe", "str"),
-        ("bar_end_ms", "ms"),
-        ("cash", "num"),
-        ("equity", "num"),
-        ("gross", "num"),
-        ("realized_pnl", "num"),
-        ("fees_paid", "num"),
-        ("killed", "bool"),
-        ("degraded", "u32"),
+        ("strategy", IDENT),
+        ("timeframe", IDENT),
+        ("bar_end_ms", BAR_END_MS),
+        ("cash", FLOAT),
+        ("equity", FLOAT),
+        ("gross", FLOAT),
+        ("realized_pnl", FLOAT),
+        ("fees_paid", FLOAT),
+        ("killed", FLAG),
+        ("degraded", UINT32),
     ),
 }
+_COLUMNS: dict[str, dict[str, Column]] = {k: dict(v) for k, v in FIELDS.items()}
 
 
 # ------------------------------------------------------------------------- validation
@@ -132,63 +152,11 @@ class InvalidTradingMessage(InvalidMessage):
     """A strategy-topic message that cannot become a row (the reason goes to the DLQ)."""
 
 
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _integral(v: Any) -> int | None:
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    if isinstance(v, int) and not isinstance(v, bool):
-        return v
-    return None
-
-
-def _field(name: str, ftype: FieldType, v: Any) -> Any:
-    """One field's value as stored, or :class:`InvalidTradingMessage`."""
-    if isinstance(ftype, tuple):
-        if v not in ftype:
-            raise InvalidTradingMessage(f"{name}: expected one of {', '.join(ftype)}, got {v!r}")
-        return v
-    if ftype == "str":
-        if not isinstance(v, str) or not v:
-            raise InvalidTradingMessage(f"{name}: expected a non-empty string")
-        return v
-    if ftype in ("tag", "str?"):
-        if v is not None and not isinstance(v, str):
-            raise InvalidTradingMessage(f"{name}: expected a string or null")
-        return "" if v is None and ftype == "tag" else v
-    if ftype in _INT_RANGES:
-        i = _integral(v)
-        lo, hi = _INT_RANGES[ftype]
-        if i is None or not lo <= i < hi:
-            raise InvalidTradingMessage(f"{name}: expected an integer in [{lo}, {hi})")
-        return i
-    if ftype == "num":
-        if not _is_num(v) or not math.isfinite(v):
-            raise InvalidTradingMessage(f"{name}: expected a finite number")
-        return float(v)
-    if ftype == "num?":
-        if v is None:
-            return None
-        if not _is_num(v) or math.isinf(v):
-            raise InvalidTradingMessage(f"{name}: expected a number or null")
-        return float(v)
-    if ftype == "bool":
-        if not isinstance(v, bool):
-            raise InvalidTradingMessage(f"{name}: expected true/false")
-        return v
-    raise AssertionError(f"unknown field type {ftype!r}")  # pragma: no cover
-
-
 def trading_row(kind: str, obj: Mapping[str, Any]) -> dict[str, Any]:
     """A decoded message of topic ``kind`` -> its table row (the :data:`FIELDS` of ``kind``,
-    in order; extra fields such as the Kafka key field are dropped)."""
-    spec = FIELDS[kind]
-    missing = [f for f, _ in spec if f not in obj]
-    if missing:
-        raise InvalidTradingMessage(f"missing fields: {', '.join(missing[:5])}")
-    row = {f: _field(f, t, obj[f]) for f, t in spec}
+    in order, each as its column holds it; extra fields such as the Kafka key field are
+    dropped)."""
+    row = check_fields(obj, _COLUMNS[kind], error=InvalidTradingMessage)
     if kind == "predictions":
         if row["status"] == "ok":
             bad = [f for f in _PROBS if row[f] is None or not math.isfinite(row[f])]
@@ -210,15 +178,7 @@ def parse_trading_message(kind: str, raw: bytes | None) -> dict[str, Any]:
     or :class:`InvalidTradingMessage` with a reason (the dead-letter record's ``reason``)."""
     if kind not in FIELDS:
         raise ValueError(f"unknown trading topic kind {kind!r}")
-    if raw is None or not raw:
-        raise InvalidTradingMessage("empty message")
-    try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InvalidTradingMessage(f"not JSON: {e}") from None
-    if not isinstance(obj, dict):
-        raise InvalidTradingMessage("not a JSON object")
-    return trading_row(kind, obj)
+    return trading_row(kind, json_object(raw, error=InvalidTradingMessage))
 
 
 def dlq_topic(topic: str) -> str:
@@ -255,7 +215,9 @@ class TradingWriter(KafkaBatchWriter):
     def __init__(self, settings: Settings, config: WriterConfig | None = None) -> None:
         self.kinds = topic_kinds(settings)
         super().__init__(settings, config or trading_config(settings), list(self.kinds))
-        self._orders_seen: list[tuple[str, str, int, int]] = []  # of the batch being read
+        # id(order row) -> its freshness observation, until the row is written (a batch is
+        # written in parts when a store rejects some of its rows)
+        self._orders_seen: dict[int, tuple[str, str, int, int]] = {}
 
     def dlq_topic(self, topic: str) -> str:
         return dlq_topic(topic)
@@ -264,7 +226,12 @@ class TradingWriter(KafkaBatchWriter):
         kind = self.kinds[topic]
         row = parse_trading_message(kind, raw)
         if kind == "orders":  # freshness: when the order reached this writer
-            self._orders_seen.append((row["symbol"], row["timeframe"], row["bar_end_ms"], now_ms()))
+            self._orders_seen[id(row)] = (
+                row["symbol"],
+                row["timeframe"],
+                row["bar_end_ms"],
+                now_ms(),
+            )
         return row
 
     def _prepare(self) -> str:
@@ -299,7 +266,15 @@ class TradingWriter(KafkaBatchWriter):
             for r in batch.rows.get(t, [])
             if r["predicted_at_ms"] > 0
         ]
-        orders, self._orders_seen = self._orders_seen, []
+        orders = [
+            seen
+            for t, k in self.kinds.items()
+            if k == "orders"
+            for r in batch.rows.get(t, [])
+            if (seen := self._orders_seen.pop(id(r), None)) is not None
+        ]
+        if len(self._orders_seen) > 100_000:  # rows dead-lettered by a store: forget them
+            self._orders_seen.clear()
         kw: dict[str, Any] = {"settings": self.settings, "observed_by": DETECTED_BY}
         return [
             *freshness_rows("prediction", preds, **kw),
