@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.settings import Settings
-
-# symbols look like BTCUSDT, BTCUSD_PERP, ETHUSDT.UM (venue/market suffix), XBT-USD
-SYMBOL_REGEX = r"^[A-Z0-9]{2,20}([_-][A-Z0-9]{2,10})?(\.[A-Z]{2,4})?$"
+from udfs.trade_contract import sql_reason
 
 
 def render_with(options: dict[str, str]) -> str:
@@ -127,7 +125,7 @@ class Endpoints:
             ),
             "trades_source": render_with(source | self.extra),
             "watermark_delay_s": f"{s.watermark_delay_ms / 1000:.3f}",
-            "symbol_regex": SYMBOL_REGEX,
+            "trade_reason": sql_reason(s.trade_max_future_ms),
             "trades_topic": s.topic_trades,
         }
         params |= {k: render_with(v) for k, v in sinks.items()}

@@ -1,33 +1,32 @@
-"""The trade message and its validation rules.
+"""The trade message and its validation (the ingestion side of the DLQ contract).
 
-Wire format on topic ``trades`` (key = symbol), JSON::
-
-    {"ts_ms": 1680652700452, "symbol": "BTCUSDT.UM", "price": "28145.1", "qty": "0.002",
-     "side": "buy", "trade_id": 3535186032, "exchange": "binance"}
-
-``price``/``qty`` are decimal strings (as Binance sends them) so nothing is lost to binary
-floating point; JSON numbers are accepted too. ``side`` is the aggressor side.
-The rules and reason texts below are the same, in the same order, as the ``CASE`` in
-``sql/flink/candles.sql`` (a unit test keeps them in step), so a bad record gets the same
-reason whether ingestion or the Flink job catches it.
+The fields, rules and reason texts are defined once, in :mod:`udfs.trade_contract`; the
+candles job renders the same table into its SQL ``CASE``, so a bad record gets the same
+verdict and reason whether ingestion or the Flink job catches it (proved by the corpus test
+``tests/integration/test_trade_contract.py``). ``price``/``qty`` travel as decimal text,
+unchanged, so nothing is lost to binary floating point; ``side`` is the aggressor side.
 """
 
 from __future__ import annotations
 
 import json
-import re
+import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from infra.connectors import SYMBOL_REGEX
+from udfs.trade_contract import (
+    NOT_A_JSON_OBJECT,
+    OPTIONAL,
+    TS_MAX_MS,
+    TS_MIN_MS,
+    check,
+    parse_object,
+    scalar_texts,
+)
 
-TS_MIN_MS = 1_262_304_000_000  # 2010-01-01
-TS_MAX_MS = 4_102_444_799_999  # 2099-12-31
-_SYMBOL = re.compile(SYMBOL_REGEX)
-_INT = re.compile(r"^[+-]?\d+$")
-_EIGHT_DP = Decimal("1e-8")  # DECIMAL(20,8) price / DECIMAL(18,8) qty in the Flink job
-_WIDE_LIMIT = Decimal(10) ** 20  # DECIMAL(38,18) parse limit in the Flink job
+__all__ = ["TS_MAX_MS", "TS_MIN_MS", "InvalidTrade", "Trade", "dlq_record", "validate"]
+DEFAULT_MAX_FUTURE_MS = 60_000  # Settings.trade_max_future_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,83 +50,43 @@ class InvalidTrade(ValueError):
         self.payload = payload
 
 
-def _text(v: Any) -> str | None:
-    """What Flink's JSON_VALUE returns for a scalar: its text; None for null/object/array."""
-    if v is None or isinstance(v, dict | list):
-        return None
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return str(v)
+def validate(
+    raw: str | bytes | Mapping[str, Any] | None,
+    *,
+    now_ms: int | None = None,
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
+) -> Trade:
+    """Return a normalised :class:`Trade` or raise :class:`InvalidTrade` with a reason.
 
-
-def _decimal(text: str) -> Decimal | None:
-    try:
-        d = Decimal(text.strip())
-    except InvalidOperation:
-        return None
-    return d if d.is_finite() else None
-
-
-def _int(text: str) -> int | None:
-    return int(text) if _INT.match(text.strip()) else None
-
-
-def validate(raw: str | bytes | dict[str, Any]) -> Trade:
-    """Return a normalised :class:`Trade` or raise :class:`InvalidTrade` with a reason."""
-    if isinstance(raw, dict):
-        obj: Any = raw
-        payload = json.dumps(raw, default=str)
+    ``raw``: the message text (bytes are decoded as UTF-8, bad bytes replaced, as the job's
+    raw format does) or a mapping of field -> value (field texts, ints, None for absent),
+    checked as the JSON it would be sent as. ``now_ms``: the wall clock (default now), in
+    whole seconds like the job; a trade stamped more than ``max_future_ms`` after it is
+    rejected ("ts_ms in the future").
+    """
+    if isinstance(raw, Mapping):
+        payload = json.dumps(dict(raw), default=str, ensure_ascii=False)
+    elif isinstance(raw, bytes):
+        payload = raw.decode("utf-8", "replace")
     else:
-        payload = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        try:
-            obj = json.loads(payload)
-        except (ValueError, TypeError):
-            obj = None
-    if not isinstance(obj, dict):
-        raise InvalidTrade("not a JSON object", payload)
-
-    def bad(reason: str) -> InvalidTrade:
-        return InvalidTrade(reason, payload)
-
-    ts_text = _text(obj.get("ts_ms"))
-    if ts_text is None:
-        raise bad("missing field ts_ms")
-    ts_ms = _int(ts_text)
-    if ts_ms is None:
-        raise bad("ts_ms is not an integer")
-    if not TS_MIN_MS <= ts_ms <= TS_MAX_MS:
-        raise bad("ts_ms out of range")
-    symbol = _text(obj.get("symbol"))
-    if symbol is None:
-        raise bad("missing field symbol")
-    if not _SYMBOL.match(symbol):
-        raise bad("unknown symbol format")
-    out: dict[str, str] = {}
-    for name, int_digits in (("price", 12), ("qty", 10)):
-        text = _text(obj.get(name))
-        if text is None:
-            raise bad(f"missing field {name}")
-        value = _decimal(text)
-        if value is None or abs(value) >= _WIDE_LIMIT:
-            raise bad(f"{name} is not numeric")
-        if value <= 0:
-            raise bad(f"{name} must be > 0")
-        if value >= Decimal(10) ** int_digits or value != value.quantize(_EIGHT_DP):
-            raise bad(f"{name} needs more than 8 decimals or {int_digits} digits")
-        out[name] = text.strip()
-    side = _text(obj.get("side"))
-    if side is None:
-        raise bad("missing field side")
-    if side not in ("buy", "sell"):
-        raise bad("side must be buy or sell")
-    tid_text = _text(obj.get("trade_id"))
-    if tid_text is None:
-        raise bad("missing field trade_id")
-    trade_id = _int(tid_text)
-    if trade_id is None or trade_id < 0:
-        raise bad("trade_id is not a non-negative integer")
-    exchange = _text(obj.get("exchange")) or "unknown"
-    return Trade(ts_ms, symbol, out["price"], out["qty"], side, trade_id, exchange)
+        payload = raw  # type: ignore[assignment]
+    obj = parse_object(payload)
+    if obj is None:
+        raise InvalidTrade(NOT_A_JSON_OBJECT, "" if payload is None else payload)
+    texts = scalar_texts(obj)
+    now_s = (int(time.time() * 1000) if now_ms is None else now_ms) // 1000
+    reason = check(texts, now_s, max_future_ms)
+    if reason is not None:
+        raise InvalidTrade(reason, payload)
+    return Trade(
+        ts_ms=int(texts["ts_ms"]),
+        symbol=str(texts["symbol"]),
+        price=str(texts["price"]),
+        qty=str(texts["qty"]),
+        side=str(texts["side"]),
+        trade_id=int(texts["trade_id"]),
+        exchange=str(texts["exchange"] or OPTIONAL["exchange"]),
+    )
 
 
 def dlq_record(reason: str, payload: str, source: str, detected_by: str) -> dict[str, Any]:

@@ -6,65 +6,39 @@
 -- one statement set (one job, one source read).
 
 -- Raw source: one STRING per record, so malformed JSON can never fail the job.
+-- ${trade_reason} is the trade contract (udfs/trade_contract.py, the same rules and reason
+-- texts as ingestion): a CASE over the payload that is NULL for a valid trade, else the
+-- reason. It is rendered from that one rule table rather than written here twice.
 CREATE TEMPORARY TABLE trades_raw (
     payload STRING,
     ${source_metadata_columns},
-    -- event time; invalid rows get epoch 0, which never advances the watermark
+    -- event time comes from valid trades only: a record any rule rejects (bad price, a
+    -- clock in the future, ...) gets epoch 0, which never advances the watermark
     ts AS TO_TIMESTAMP_LTZ(
         CASE
-            WHEN TRY_CAST(JSON_VALUE(payload, '$.ts_ms') AS BIGINT) BETWEEN 1262304000000 AND 4102444799999
-            THEN TRY_CAST(JSON_VALUE(payload, '$.ts_ms') AS BIGINT)
+            WHEN (${trade_reason}) IS NULL THEN TRY_CAST(JSON_VALUE(payload, '$.ts_ms') AS BIGINT)
             ELSE 0
         END, 3),
     WATERMARK FOR ts AS ts - INTERVAL '${watermark_delay_s}' SECOND(3)
 ) WITH (${trades_source});
 
--- Parse. Prices and quantities travel as decimal strings (Binance style) and are cast to
--- DECIMAL so sums, VWAP inputs and open/close are exact whatever the arrival order.
+-- Parse and check. Prices and quantities travel as decimal strings (Binance style) and are
+-- cast to DECIMAL so sums, VWAP inputs and open/close are exact whatever the arrival order.
 -- DECIMAL(20,8) x DECIMAL(18,8) = DECIMAL(38,16): the product stays exact (wider inputs
--- would make Flink cut the product's scale to 6). Values these types cannot hold exactly
--- (more than 8 decimals, price >= 1e12, qty >= 1e10) are rejected, never rounded.
-CREATE TEMPORARY VIEW trades_parsed AS
+-- would make Flink cut the product's scale to 6). The rules reject values these types
+-- cannot hold exactly (more than 8 decimals, price >= 1e12, qty >= 1e10), never round them.
+CREATE TEMPORARY VIEW trades_checked AS
 SELECT
     payload, src_partition, src_offset, ts,
     TRY_CAST(JSON_VALUE(payload, '$.ts_ms') AS BIGINT) AS ts_ms,
     JSON_VALUE(payload, '$.symbol') AS symbol,
-    JSON_VALUE(payload, '$.price') AS price_raw,
-    TRY_CAST(JSON_VALUE(payload, '$.price') AS DECIMAL(38, 18)) AS price_wide,
     TRY_CAST(JSON_VALUE(payload, '$.price') AS DECIMAL(20, 8)) AS price,
-    JSON_VALUE(payload, '$.qty') AS qty_raw,
-    TRY_CAST(JSON_VALUE(payload, '$.qty') AS DECIMAL(38, 18)) AS qty_wide,
     TRY_CAST(JSON_VALUE(payload, '$.qty') AS DECIMAL(18, 8)) AS qty,
     JSON_VALUE(payload, '$.side') AS side,
     TRY_CAST(JSON_VALUE(payload, '$.trade_id') AS BIGINT) AS trade_id,
-    COALESCE(JSON_VALUE(payload, '$.exchange'), 'unknown') AS exchange
+    COALESCE(JSON_VALUE(payload, '$.exchange'), 'unknown') AS exchange,
+    ${trade_reason} AS reason
 FROM trades_raw;
-
--- Same rules, same order and same reason texts as jobs/ingest/schema.py (unit-tested).
-CREATE TEMPORARY VIEW trades_checked AS
-SELECT *,
-    CASE
-        WHEN payload IS NULL OR NOT (payload IS JSON OBJECT) THEN 'not a JSON object'
-        WHEN JSON_VALUE(payload, '$.ts_ms') IS NULL THEN 'missing field ts_ms'
-        WHEN ts_ms IS NULL THEN 'ts_ms is not an integer'
-        WHEN ts_ms < 1262304000000 OR ts_ms > 4102444799999 THEN 'ts_ms out of range'
-        WHEN symbol IS NULL THEN 'missing field symbol'
-        WHEN NOT REGEXP(symbol, '${symbol_regex}') THEN 'unknown symbol format'
-        WHEN price_raw IS NULL THEN 'missing field price'
-        WHEN price_wide IS NULL THEN 'price is not numeric'
-        WHEN price_wide <= 0 THEN 'price must be > 0'
-        WHEN price IS NULL OR price <> price_wide THEN 'price needs more than 8 decimals or 12 digits'
-        WHEN qty_raw IS NULL THEN 'missing field qty'
-        WHEN qty_wide IS NULL THEN 'qty is not numeric'
-        WHEN qty_wide <= 0 THEN 'qty must be > 0'
-        WHEN qty IS NULL OR qty <> qty_wide THEN 'qty needs more than 8 decimals or 10 digits'
-        WHEN side IS NULL THEN 'missing field side'
-        WHEN side NOT IN ('buy', 'sell') THEN 'side must be buy or sell'
-        WHEN JSON_VALUE(payload, '$.trade_id') IS NULL THEN 'missing field trade_id'
-        WHEN trade_id IS NULL OR trade_id < 0 THEN 'trade_id is not a non-negative integer'
-        ELSE CAST(NULL AS STRING)
-    END AS reason
-FROM trades_parsed;
 
 -- A valid trade is late when the 1m window it belongs to has already been closed by the
 -- watermark seen here. Downstream window operators never see a smaller-than-here
@@ -78,12 +52,28 @@ FROM trades_checked
 WHERE reason IS NULL;
 
 CREATE TEMPORARY VIEW trades_on_time AS
-SELECT ts, ts_ms, symbol, price, qty, side, trade_id,
+SELECT ts, ts_ms, symbol, price, qty, side, trade_id, exchange,
     -- fixed-width key: MIN/MAX give the first/last trade by (ts_ms, trade_id), not arrival
     LPAD(CAST(ts_ms AS STRING), 15, '0') || LPAD(CAST(trade_id AS STRING), 20, '0')
         || CAST(price AS STRING) AS order_key
 FROM trades_valid
 WHERE wm IS NULL OR TO_TIMESTAMP_LTZ(window_max_ms, 3) > wm;
+
+-- Producers are at-least-once (a reconnect, a replay re-run), so a trade can arrive twice.
+-- Window deduplication keeps the first arrival of each (exchange, symbol, trade_id) per 1m
+-- window. Its state lives as long as the window: it is freed when the watermark passes
+-- the window's end, so it is bounded by the trades of the open windows. A repeat that comes
+-- after its window has fired is late and goes to trades_late, so it is never counted either.
+CREATE TEMPORARY VIEW trades_windowed AS
+SELECT * FROM TABLE(TUMBLE(TABLE trades_on_time, DESCRIPTOR(ts), INTERVAL '1' MINUTE));
+
+CREATE TEMPORARY VIEW trades_unique AS
+SELECT * FROM (
+    SELECT *, ROW_NUMBER() OVER (
+        PARTITION BY window_start, window_end, exchange, symbol, trade_id ORDER BY ts ASC
+    ) AS arrival
+    FROM trades_windowed
+) WHERE arrival = 1;
 
 CREATE TEMPORARY VIEW candles_1m AS
 SELECT
@@ -98,7 +88,7 @@ SELECT
     SUM(CASE WHEN side = 'buy' THEN qty ELSE CAST(0 AS DECIMAL(18, 8)) END) AS buy_volume,
     SUM(CASE WHEN side = 'sell' THEN qty ELSE CAST(0 AS DECIMAL(18, 8)) END) AS sell_volume,
     MIN(ts_ms) - MOD(MIN(ts_ms), 60000) AS window_start_ms
-FROM TABLE(TUMBLE(TABLE trades_on_time, DESCRIPTOR(ts), INTERVAL '1' MINUTE))
+FROM trades_unique
 GROUP BY symbol, window_start, window_end, window_time;
 
 -- Rollups are cascaded window aggregations over the 1m candles (event time = window_time).

@@ -1,3 +1,4 @@
+# ruff: noqa: RUF001 - look-alike characters are the point of these cases
 """Trade validation rules (the ingestion side of the DLQ contract)."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import pytest
 
 from infra.settings import REPO_ROOT
 from jobs.ingest.schema import InvalidTrade, Trade, format_decimal, validate
+from udfs.trade_contract import REASONS, RULES, sql_reason
 
 GOOD = {
     "ts_ms": 1680652700452,
@@ -26,9 +28,25 @@ def test_valid_trade_normalised() -> None:
     assert t == Trade(
         1680652700452, "BTCUSDT.UM", "28145.1", "0.002", "sell", 3535186032, "binance"
     )
-    # numbers are accepted and kept as their text
+    # JSON numbers are accepted and kept as the text the job reads (BigDecimal's)
     assert validate({**GOOD, "price": 28145.1, "qty": 2}).price == "28145.1"
     assert validate({**GOOD, "symbol": "BTCUSD_PERP.CM"}).symbol == "BTCUSD_PERP.CM"
+    # decimal text is kept exactly, and integer text becomes the integer
+    t = validate({**GOOD, "price": "354.11000000", "ts_ms": "1680652700452", "trade_id": "007"})
+    assert (t.price, t.ts_ms, t.trade_id) == ("354.11000000", 1680652700452, 7)
+    assert validate({k: v for k, v in GOOD.items() if k != "exchange"}).exchange == "unknown"
+
+
+def test_future_bound_follows_the_clock_and_the_setting() -> None:
+    now = 1680652700000  # the clock counts whole seconds, like UNIX_TIMESTAMP() in the job
+    t = {**GOOD, "ts_ms": now}
+    assert validate(t, now_ms=now - 60_000).ts_ms == now  # exactly at the bound
+    assert validate(t, now_ms=now - 59_001).ts_ms == now  # the same whole second
+    with pytest.raises(InvalidTrade, match="ts_ms in the future"):
+        validate(t, now_ms=now - 61_000)
+    assert validate(t, now_ms=now - 61_000, max_future_ms=61_000).ts_ms == now
+    with pytest.raises(InvalidTrade, match="ts_ms in the future"):
+        validate({**GOOD, "ts_ms": 3_786_912_000_000})  # 2090, against the real clock
 
 
 @pytest.mark.parametrize(
@@ -41,6 +59,13 @@ def test_valid_trade_normalised() -> None:
         ({"ts_ms": 12}, "ts_ms out of range"),
         ({"symbol": None}, "missing field symbol"),
         ({"symbol": "btc/usdt"}, "unknown symbol format"),
+        ({"symbol": "ETHUSDT.UM\n"}, "unknown symbol format"),
+        ({"price": "３４２４"}, "price is not numeric"),
+        ({"price": "3_424.5"}, "price is not numeric"),
+        ({"ts_ms": 1721347022707.5}, "ts_ms is not an integer"),
+        ({"trade_id": 1.5}, "trade_id is not a non-negative integer"),
+        ({"trade_id": 2**63}, "trade_id is not a non-negative integer"),
+        ({"ts_ms": 3_786_912_000_000}, "ts_ms in the future"),
         ({"price": None}, "missing field price"),
         ({"price": "abc"}, "price is not numeric"),
         ({"price": "NaN"}, "price is not numeric"),
@@ -72,22 +97,24 @@ def test_format_decimal_is_plain_and_exact() -> None:
     assert format_decimal(3.0) == "3"
 
 
-def test_sql_and_python_rules_agree() -> None:
-    """The Flink job's CASE lists the same reasons, in the same order, as validate()."""
-    sql = (REPO_ROOT / "sql" / "flink" / "candles.sql").read_text()
-    case = sql.split("CREATE TEMPORARY VIEW trades_checked")[1].split("END AS reason")[0]
-    sql_reasons = re.findall(r"THEN '([^']+)'", case)
-    src = (REPO_ROOT / "jobs" / "ingest" / "schema.py").read_text()
-    body = src.split("def validate(")[1]
-    py_reasons = []
-    for m in re.finditer(r'bad\(f?"([^"]+)"\)|InvalidTrade\("([^"]+)"', body):
-        text = m.group(1) or m.group(2)
-        if "{name}" in text:
-            for name, digits in (("price", "12"), ("qty", "10")):
-                py_reasons.append(text.replace("{name}", name).replace("{int_digits}", digits))
-        else:
-            py_reasons.append(text)
-    # python loops price then qty over the same 4 checks; order the same way
-    order = lambda rs: [r for r in rs]  # noqa: E731
-    assert sorted(sql_reasons) == sorted(set(py_reasons))
-    assert order(sql_reasons)[0] == "not a JSON object"
+def test_sql_case_is_rendered_from_the_rule_table() -> None:
+    """The job's CASE is the rule table: every reason, in the contract's order."""
+    sql = sql_reason(60_000)
+    whens = re.findall(r"(?:THEN|ELSE) '([^']+)'", sql)
+    order = [r for r in whens if r in REASONS]
+    assert set(order) == set(REASONS)
+    firsts = [rule.reason for rule in RULES]
+    assert list(dict.fromkeys(r for r in order if r in firsts)) == list(dict.fromkeys(firsts))
+    assert order[0] == "not a JSON object"
+    assert "UNIX_TIMESTAMP() * 1000 + 60000" in sql
+    candles_sql = (REPO_ROOT / "sql" / "flink" / "candles.sql").read_text()
+    # the rules are used twice, both from the one rendering: event time and reason
+    assert candles_sql.count("${trade_reason}") == 3  # comment + watermark + reason
+
+
+def test_rule_regexes_mean_the_same_without_re_flags() -> None:
+    """Anchors are \\A ... (?![\\s\\S]): no $ (which also matches before a final newline)."""
+    for rule in RULES:
+        if rule.kind in ("regex", "not_regex"):
+            assert rule.arg.startswith("\\A(?:") and rule.arg.endswith("(?![\\s\\S])")
+            assert "$" not in rule.arg and "\\d" not in rule.arg and "\\w" not in rule.arg

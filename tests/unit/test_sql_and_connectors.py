@@ -18,7 +18,7 @@ def test_candles_sql_loads_for_kafka_and_files(tmp_path: Path) -> None:
     s = Settings(kafka_bootstrap="h:1", watermark_delay_ms=2500)
     stmts = load_statements("candles.sql", Endpoints(s, end_offsets={0: 10}).candles_params())
     inserts = [x for x in stmts if is_insert(x)]
-    assert len(inserts) == 3 and len(stmts) == 16
+    assert len(inserts) == 3 and len(stmts) == 17
     src = stmts[0]
     assert "'scan.bounded.specific-offsets' = 'partition:0,offset:10'" in src
     assert "INTERVAL '2.500' SECOND(3)" in src
