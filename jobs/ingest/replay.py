@@ -3,15 +3,19 @@
 ``candleflow ingest replay FILE`` streams a file row by row through :func:`replay`:
 
 * **CSV** (``.csv``, ``.csv.gz``; header row with the wire columns ``ts_ms, symbol, price,
-  qty, side, trade_id`` and optionally ``exchange``; extra columns are ignored) and **JSONL**
-  (``.jsonl``, ``.jsonl.gz``; one JSON object per line) are read as *text*: every field
-  reaches :func:`jobs.ingest.schema.validate` as the exact characters in the file (JSON
-  numbers are read with ``parse_int=str``/``parse_float=str``, ``NaN``/``Infinity`` literals
-  stay the text ``NaN``/``Infinity``), so ``354.11000000`` is sent as ``"354.11000000"`` and
-  ``1721347022707.5`` or ``1e3`` in an integer field is rejected, never truncated or
-  rounded. An empty CSV cell, a JSON ``null`` and a JSON object/array value are "missing"
-  (what Flink's ``JSON_VALUE`` returns for them); ``true``/``false`` are their text. Without
-  an ``exchange`` column (CSV) or key (JSONL) the exchange is ``binance``.
+  qty, side, trade_id`` in any order and optionally ``exchange``; extra columns are ignored;
+  BOM, CRLF and quoted fields with commas/line breaks are fine) and **JSONL** (``.jsonl``,
+  ``.jsonl.gz``; one JSON object per line) are read as *text*: every field reaches
+  :func:`jobs.ingest.schema.validate` as the exact characters in the file (JSON numbers are
+  parsed with ``parse_int=str``/``parse_float=str``), so ``354.11000000`` is sent as
+  ``"354.11000000"``, and ``1721347022707.5``, ``1e12`` or a 40-digit number in an integer
+  field is rejected by the validator, never truncated, rounded or overflowed. An empty CSV
+  cell and a JSON ``null`` are missing; a JSON object/array value is handed on as such (the
+  validator says ``<field> is not a scalar``). A JSONL line that is not exactly one JSON
+  object is ``not a JSON object`` - including ``NaN``/``Infinity`` literals (not JSON, as
+  for the job's parser) and a line holding two objects (stricter than the job's parser,
+  which reads the first: in a file that means two records ran together). Without an
+  ``exchange`` column (CSV) or key (JSONL) the exchange is ``binance``.
 * **Parquet** (the layout of ``binance_trades_sample.parquet``) and **freqtrade**
   ``*-trades.json(.gz)`` (rows ``[ts_ms, id, order, side, price, amount, cost]``, the
   symbol from the file name, e.g. ``..._XRP_ETH-trades`` -> ``XRPETH``) have typed columns:

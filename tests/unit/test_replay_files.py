@@ -89,7 +89,7 @@ def test_every_row_its_line_text_and_verdict(name: str) -> None:
         assert row.text == rc.payload(c.raw, first=line == 1), (line, c.what)
         if c.good is not None:
             assert verdict(row) is None, (line, c.what)
-            assert validate(row.fields).to_json() == c.good, (line, c.what)  # type: ignore[arg-type]
+            assert validate(row.fields).to_json() == c.good, (line, c.what)
         else:
             assert verdict(row) == rc.expected_reason(c), (line, c.what)
             if c.fields is not None:  # what the reader hands the validator
@@ -99,9 +99,9 @@ def test_every_row_its_line_text_and_verdict(name: str) -> None:
 def test_decimal_text_is_kept_exactly() -> None:
     (row,) = TradeFile.open(rc.DATA / "bad_trades.csv").rows(limit=1)
     assert (row.fields or {})["price"] == "28145.10000000"
-    assert validate(row.fields).price == "28145.10000000"  # type: ignore[arg-type]
+    assert validate(row.fields).price == "28145.10000000"
     (row,) = TradeFile.open(rc.DATA / "bad_trades.jsonl").rows(limit=1)  # JSON numbers
-    assert validate(row.fields).to_json()["qty"] == "0.00200000"  # type: ignore[arg-type]
+    assert validate(row.fields).to_json()["qty"] == "0.00200000"
 
 
 @pytest.mark.parametrize("name", ["truncated.csv.gz", "truncated.jsonl.gz"])
@@ -165,7 +165,7 @@ def test_header_after_blank_lines_and_extra_columns(tmp_path: Path) -> None:
     )
     (row,) = TradeFile.open(p).rows()
     assert row.line == 4
-    assert validate(row.fields).exchange == "kraken"  # type: ignore[arg-type]
+    assert validate(row.fields).exchange == "kraken"
 
 
 def test_typed_parquet_never_truncates(tmp_path: Path) -> None:
@@ -186,7 +186,7 @@ def test_typed_parquet_never_truncates(tmp_path: Path) -> None:
     )
     rows = list(TradeFile.open(p).rows())
     assert [r.line for r in rows] == [1, 2, 3, 4, 5, 6]
-    assert validate(rows[0].fields).to_json() == {  # type: ignore[arg-type]
+    assert validate(rows[0].fields).to_json() == {
         "ts_ms": 1680652700452,
         "symbol": "BTCUSDT",
         "price": "28145.1",
@@ -218,7 +218,7 @@ def test_freqtrade_rows(tmp_path: Path) -> None:
     ]
     p.write_text(json.dumps(rows_in))
     rows = list(TradeFile.open(p).rows())
-    assert validate(rows[0].fields).to_json() == {  # type: ignore[arg-type]
+    assert validate(rows[0].fields).to_json() == {
         "ts_ms": 1570752011620,
         "symbol": "XRPETH",
         "price": "0.00141342",
@@ -243,7 +243,7 @@ def test_real_typed_files_read_as_before(name: str) -> None:
     """The sample files become the same messages as the DataFrame path (to_messages)."""
     n = 20_000
     f = TradeFile.open(SHARED_DATA / name)
-    got = [validate(r.fields).to_json() for r in f.rows(limit=n)]  # type: ignore[arg-type]
+    got = [validate(r.fields).to_json() for r in f.rows(limit=n)]
     want = [validate(m).to_json() for m in to_messages(load_trades(f.path).head(n))]
     assert got == want and len(got) == min(n, f.total or 0)
 
