@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from jobs.ingest.replay import load_trades, to_messages
+from infra.connectors import Endpoints
+from infra.kafka import read_all
+from jobs import candles
+from jobs.ingest.replay import TradeSink, load_trades, to_messages
 from jobs.ingest.schema import InvalidTrade, validate
 from tests.conftest import TRADES_PARQUET, make_settings
 from tests.integration.candles_harness import assert_candles_equal, run_candles
@@ -93,12 +98,7 @@ def test_garbage_goes_to_dlq_with_reasons_and_candles_unchanged(
 
 def test_same_sql_on_files(tmp_path, trades, reference) -> None:
     """source_connector=filesystem: the same statements read JSON lines and write files."""
-    import json
-    from decimal import Decimal
-
-    from infra.connectors import Endpoints
     from infra.settings import Settings
-    from jobs import candles
 
     (tmp_path / "trades").mkdir()
     (tmp_path / "trades" / "part-0.jsonl").write_text("\n".join(json.dumps(t) for t in trades))
@@ -112,3 +112,59 @@ def test_same_sql_on_files(tmp_path, trades, reference) -> None:
     by_key = {(c["symbol"], c["timeframe"], c["window_start_ms"]): c for c in rows}
     assert len(by_key) == len(rows)
     assert_candles_equal(by_key, reference)
+
+
+@pytest.mark.parametrize(
+    ("what", "poison", "reason"),
+    [
+        # malformed (price NaN) but stamped one day after the last trade
+        ("malformed, one day ahead", {"price": "NaN", "day_ahead": True}, "price is not numeric"),
+        # well-formed in every field, but stamped in 2090
+        ("valid but in 2090", {"ts_ms": 3_786_912_000_000}, "ts_ms in the future"),
+    ],
+)
+def test_a_rejected_record_never_moves_the_watermark(
+    broker, state_dir, trades, what: str, poison: dict[str, Any], reason: str
+) -> None:
+    s = make_settings(broker, state_dir)
+    real = trades[:40]
+    bad = {**real[19], "trade_id": 10**15}
+    if poison.pop("day_ahead", False):
+        bad["ts_ms"] = real[19]["ts_ms"] + 86_400_000
+    bad |= poison
+    payloads = [*real[:20], bad, *real[20:]]
+    want = candles_reference(real)
+    run = run_candles(s, payloads, expected_candles=len(want))
+    assert_candles_equal(run.by_key(), want)
+    assert sum(c["trade_count"] for c in run.candles if c["timeframe"] == "1m") == 40
+    assert run.late == []
+    assert [(r["reason"], r["source_offset"]) for r in run.dlq] == [(reason, 20)], what
+
+
+def test_a_replay_sent_twice_counts_each_trade_once(broker, state_dir, trades, reference) -> None:
+    """At-least-once producers: the whole file replayed twice into one topic through the
+    ingest sink, plus 20 trades repeated right after themselves, gives one replay's candles."""
+    s = make_settings(broker, state_dir)
+    rng = random.Random(5)
+    again = set(rng.sample(range(len(trades)), 20))
+    sink = TradeSink.for_settings(s)
+    for i, t in enumerate(trades):
+        sink.send(t)
+        if i in again:
+            sink.send(t)  # a reconnect re-sends the last trade
+    for t in trades:  # the replay re-run after a crash
+        sink.send(t)
+    sink.flush()
+    assert sink.stats.sent == 2 * len(trades) + 20 and sink.stats.dead_lettered == 0
+    candles.submit(Endpoints(s, end_offsets=dict(sink.tracker.end))).wait()
+    out = read_all(
+        s.kafka_bootstrap,
+        s.topic_candles,
+        expected=len(reference),
+        idle_timeout_s=5,
+        deserialize=lambda b: json.loads(b, parse_float=Decimal),
+    )
+    got = {(c["symbol"], c["timeframe"], c["window_start_ms"]): c for c in out}
+    assert len(got) == len(out), "a candle was emitted twice"
+    assert_candles_equal(got, reference)
+    assert sum(c["trade_count"] for c in out if c["timeframe"] == "1m") == len(trades)
