@@ -23,6 +23,7 @@ from infra.freshness import TABLE as FRESHNESS_TABLE
 from infra.freshness import freshness_rows, observe, start_metrics_server
 from infra.settings import Settings
 from jobs.kafka_writer import (
+    BAR_END_MS,
     COUNT,
     EPOCH_MS,
     FLOAT,
@@ -48,7 +49,7 @@ COLUMNS: dict[str, Column] = {
     "symbol": IDENT,
     "timeframe": IDENT,
     "window_start_ms": EPOCH_MS,  # -> the DateTime partition column window_start
-    "window_end_ms": EPOCH_MS,
+    "window_end_ms": BAR_END_MS,  # exclusive: the last bar ends at 2**32 * 1000
     "open": FLOAT,
     "high": FLOAT,
     "low": FLOAT,

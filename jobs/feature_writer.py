@@ -47,6 +47,7 @@ from infra.freshness import TABLE as FRESHNESS_TABLE
 from infra.freshness import freshness_rows, now_ms, observe, start_metrics_server
 from infra.settings import Settings
 from jobs.kafka_writer import (
+    BAR_END_MS,
     COUNT,
     EPOCH_MS,
     FLAG,
@@ -103,7 +104,7 @@ COLUMNS: dict[str, Column] = {
     "symbol": IDENT,
     "timeframe": IDENT,
     "window_start_ms": EPOCH_MS,  # -> the DateTime partition column window_start
-    "window_end_ms": EPOCH_MS,
+    "window_end_ms": BAR_END_MS,  # exclusive: the last bar ends at 2**32 * 1000
     **dict.fromkeys(("open", "high", "low", "close", "volume", "vwap"), FLOAT),
     "trade_count": COUNT,
     **dict.fromkeys(FEATURE_NAMES, FLOAT_OR_NULL),

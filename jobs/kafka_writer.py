@@ -98,7 +98,11 @@ IDENT_MAX_CHARS = 256  # identifiers (symbols, ids, keys of tables and of Feast 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # the ISO-8601 subset that Python (ClickHouse ms) and pandas (Feast, parquet) read alike:
 # Flink's TIMESTAMP_LTZ text; no week dates, no comma fractions, no date-only values
-_ISO = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:Z|[+-]\d{2}:\d{2})?")
+# (ASCII digits only: \d would take any Unicode digit)
+_ISO = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}:[0-9]{2}"
+    r"(?:\.[0-9]{1,9})?(?:Z|[+-][0-9]{2}:[0-9]{2})?"
+)
 _ISO_FORMAT = "YYYY-MM-DDTHH:MM:SS[.fff][Z|+HH:MM]"
 
 
@@ -276,7 +280,7 @@ BAR_END_MS = Column(
     "Int64", lo=DATETIME_MS[0] + 1, hi=DATETIME_MS[1] + 1, what="epoch ms of a bar end"
 )
 ISO_MS = Column("Int64", lo=DATETIME_MS[0], hi=DATETIME_MS[1], what="a DateTime", iso=True)
-COUNT = Column("Int64", lo=0, what="Int64 >= 0")
+COUNT = Column("Int64", lo=0)
 INT64 = Column("Int64")
 UINT32 = Column("UInt32")
 FLOAT = Column("Float64")
