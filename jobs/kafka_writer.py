@@ -855,6 +855,7 @@ class KafkaBatchWriter(ABC):
             except Exception as e:
                 if not is_data_error(e):
                     raise
+                log.warning("a part of %d rows was rejected too (%s)", len(half), _short(e))
                 self._bisect(batch, half, e, rejected)
 
     def _send_dlq(self, dlq: Sequence[tuple[str, str, bytes]]) -> None:
