@@ -208,6 +208,14 @@ def scalar_texts(obj: Mapping[str, Any]) -> dict[str, Any]:
     return {name: scalar_text(obj.get(name)) for name in FIELDS}
 
 
+def as_int(text: str) -> int | None:
+    """An integer text's value; None past 64 bits (any number of leading zeros is fine)."""
+    digits = text.lstrip("-").lstrip("0") or "0"
+    if len(digits) > 19:
+        return None
+    return -int(digits) if text.startswith("-") else int(digits)
+
+
 def check(texts: Mapping[str, Any], now_s: int, max_future_ms: int) -> str | None:
     """The reason of the first failing rule, or None. ``now_s``: wall clock in whole seconds
     (the SQL side's ``UNIX_TIMESTAMP()``)."""
@@ -228,9 +236,10 @@ def check(texts: Mapping[str, Any], now_s: int, max_future_ms: int) -> str | Non
             ok = re.search(rule.arg, text) is None
         elif rule.kind == "int_range":
             lo, hi = rule.arg
-            ok = lo <= int(text) <= hi
+            value = as_int(text)
+            ok = value is not None and lo <= value <= hi
         elif rule.kind == "max_future":
-            ok = int(text) <= now_s * 1000 + max_future_ms
+            ok = int(as_int(text) or 0) <= now_s * 1000 + max_future_ms
         else:  # one_of
             ok = text in rule.arg
         if not ok:

@@ -20,6 +20,7 @@ from udfs.trade_contract import (
     OPTIONAL,
     TS_MAX_MS,
     TS_MIN_MS,
+    as_int,
     check,
     parse_object,
     scalar_texts,
@@ -79,12 +80,12 @@ def validate(
     if reason is not None:
         raise InvalidTrade(reason, payload)
     return Trade(
-        ts_ms=int(texts["ts_ms"]),
+        ts_ms=int(as_int(texts["ts_ms"]) or 0),
         symbol=str(texts["symbol"]),
         price=str(texts["price"]),
         qty=str(texts["qty"]),
         side=str(texts["side"]),
-        trade_id=int(texts["trade_id"]),
+        trade_id=int(as_int(texts["trade_id"]) or 0),
         exchange=str(texts["exchange"] or OPTIONAL["exchange"]),
     )
 

@@ -254,6 +254,8 @@ def main() -> None:
             ("2010-01-01 exactly", 1_262_304_000_000, OK),
             ("string of digits", str(BASE_TS + len(cases)), OK),
             ("leading zeros in a string", "000" + str(BASE_TS + len(cases)), OK),
+            ("5,000 leading zeros in a string", "0" * 5000 + str(BASE_TS + len(cases)), OK),
+            ("5,000-digit string", "9" * 5000, "ts_ms out of range"),
             ("2021 (the shared candles' year)", 1_609_459_200_000 + len(cases), OK),
         ],
     )
@@ -439,6 +441,8 @@ def main() -> None:
             ("2^63 - 1", 2**63 - 1, OK),
             ("string of digits", "4242424242", OK),
             ("leading zeros", "00042", OK),
+            ("5,000 leading zeros", "0" * 5000 + "4343", OK),
+            ("5,000-digit string", "9" * 5000, tid),
         ],
     )
 
