@@ -312,9 +312,12 @@ class TradeSink:
 
 
 def repeated_messages(df: pd.DataFrame, repeat: int = 1) -> Iterator[dict[str, Any]]:
-    """The file's messages ``repeat`` times; pass k is shifted forward by k x (span rounded up
-    to whole hours + 1 h) and trade ids by k x (max id + 1), so passes never overlap.
-    Integer fields that are not integers are passed on unshifted (validation rejects them)."""
+    """The file's messages ``repeat`` times, passes in event-time order and never overlapping:
+    pass k is shifted by (k - repeat + 1) x (span rounded up to whole hours + 1 h), so the
+    last pass keeps the file's own times and earlier passes lie before it (forward shifts
+    would put historical data in the future, which validation rejects); trade ids of pass k
+    are shifted forward by k x (max id + 1). Integer fields that are not integers are passed
+    on unshifted (validation rejects them)."""
     if df.empty:
         return
     hour = 3_600_000
@@ -324,12 +327,12 @@ def repeated_messages(df: pd.DataFrame, repeat: int = 1) -> Iterator[dict[str, A
     shift_ms = (span // hour + 2) * hour
     id_shift = int(ids.max()) + 1 if ids.notna().any() else 0
     for k in range(repeat):
+        back = repeat - 1 - k
         for m in to_messages(df):
-            if k:
-                if type(m["ts_ms"]) is int:
-                    m["ts_ms"] += k * shift_ms
-                if type(m["trade_id"]) is int:
-                    m["trade_id"] += k * id_shift
+            if back and type(m["ts_ms"]) is int:
+                m["ts_ms"] -= back * shift_ms
+            if k and type(m["trade_id"]) is int:
+                m["trade_id"] += k * id_shift
             yield m
 
 

@@ -33,6 +33,9 @@ def test_repeated_messages_shift_time_and_ids() -> None:
     msgs = list(repeated_messages(df, 3))
     assert [m["trade_id"] for m in msgs] == [5, 6, 12, 13, 19, 20]
     assert msgs[2]["ts_ms"] - msgs[0]["ts_ms"] == 2 * 3_600_000
+    # the last pass keeps the file's times; earlier passes lie before it (never the future)
+    assert [m["ts_ms"] for m in msgs[4:]] == [1_700_000_000_000, 1_700_000_030_000]
+    assert msgs[0]["ts_ms"] == 1_700_000_000_000 - 2 * 2 * 3_600_000
     assert msgs[1]["price"] == "2.25" and msgs[1]["qty"] == "3"
 
 
