@@ -172,19 +172,38 @@ class Column:
     iso: bool = False
     epoch_ok: bool = False
 
-    @property
-    def base(self) -> str:
+    # derived once (check() runs for every field of every message)
+    base: str = field(init=False, repr=False, compare=False)
+    nullable: bool = field(init=False, repr=False, compare=False)
+    bounds: tuple[int, int] = field(init=False, repr=False, compare=False)
+    _kind: str = field(init=False, repr=False, compare=False)
+    _empty_ok: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
         m = re.fullmatch(r"Nullable\((.*)\)", self.ch_type)
-        return m.group(1) if m else self.ch_type
-
-    @property
-    def nullable(self) -> bool:
-        return self.ch_type.startswith("Nullable(")
-
-    @property
-    def bounds(self) -> tuple[int, int]:
-        lo, hi = INT_RANGES.get(self.base, (-(2**63), 2**63))
-        return (lo if self.lo is None else max(lo, self.lo), hi if self.hi is None else self.hi)
+        base = m.group(1) if m else self.ch_type
+        lo, hi = INT_RANGES.get(base, (-(2**63), 2**63))
+        bounds = (lo if self.lo is None else max(lo, self.lo), hi if self.hi is None else self.hi)
+        if self.iso:
+            kind = "iso"
+        elif self.flag:
+            kind = "flag"
+        elif base in INT_RANGES:
+            kind = "int"
+        elif base.startswith("Float"):
+            kind = "float"
+        elif base == "String":
+            kind = "choice" if self.choices else "str"
+        else:
+            raise ValueError(f"no check for column type {self.ch_type!r}")
+        for k, v in (
+            ("base", base),
+            ("nullable", m is not None),
+            ("bounds", bounds),
+            ("_kind", kind),
+            ("_empty_ok", m is not None or self.null_as is not None),
+        ):
+            object.__setattr__(self, k, v)  # fmt: skip
 
     @property
     def range_text(self) -> str:
@@ -194,56 +213,31 @@ class Column:
         return f"{self.what or self.base} [{_bound(lo)}, {_bound(hi)})"
 
     def check(self, name: str, v: Any, error: type[InvalidMessage] = InvalidMessage) -> Any:
+        kind = self._kind
         if v is None:
             if self.nullable:
                 return None
             if self.null_as is not None:
                 return self.null_as
-        if self.iso:
-            return self._iso(name, v, error)
-        base = self.base
-        if self.flag:
-            if not isinstance(v, bool):
-                raise error(f"{name}: expected true/false")
-            return v
-        if base in INT_RANGES:
-            if isinstance(v, float) and v.is_integer():
+        if kind == "float":
+            if type(v) is float and math.isfinite(v):  # the common case
+                return v
+            return self._float(name, v, error)
+        if kind == "int":
+            if type(v) is float and v.is_integer():
                 v = int(v)
-            if not isinstance(v, int) or isinstance(v, bool):
+            if type(v) is not int:
                 raise error(f"{name}: expected an integer")
             lo, hi = self.bounds
             if not lo <= v < hi:
                 raise error(f"{name}: out of range for {self.range_text}")
             return v
-        if base.startswith("Float"):
-            expected = "a number or null" if self.nan else "a finite number"
-            if self.nullable and not self.nan:
-                expected += " or null"
-            if not isinstance(v, int | float) or isinstance(v, bool):
-                raise error(f"{name}: expected {expected}")
-            try:
-                f = float(v)
-            except OverflowError:  # a JSON integer of more than ~308 digits
-                raise error(f"{name}: expected {expected}") from None
-            if not math.isfinite(f) and not (self.nan and math.isnan(f)):
-                raise error(f"{name}: expected {expected}")
-            return f
-        if base == "String":
-            if not isinstance(v, str):
-                if self.nullable or self.null_as is not None:
+        if kind == "str":
+            if type(v) is not str:
+                if self._empty_ok:
                     raise error(f"{name}: expected a string or null")
-                if self.choices:
-                    raise error(
-                        f"{name}: expected one of {', '.join(self.choices)}, got {_show(v)}"
-                    )
                 raise error(f"{name}: expected a non-empty string")
-            if self.choices:
-                if v not in self.choices:
-                    raise error(
-                        f"{name}: expected one of {', '.join(self.choices)}, got {_show(v)}"
-                    )
-                return v
-            if not v and not (self.nullable or self.null_as is not None):
+            if not v and not self._empty_ok:
                 raise error(f"{name}: expected a non-empty string")
             if not _storable_text(v):
                 raise error(f"{name}: not valid Unicode (a lone surrogate)")
@@ -253,7 +247,30 @@ class Column:
                 if _CONTROL.search(v):
                     raise error(f"{name}: control characters are not allowed")
             return v
-        raise AssertionError(f"no check for column type {self.ch_type!r}")  # pragma: no cover
+        if kind == "iso":
+            return self._iso(name, v, error)
+        if kind == "flag":
+            if type(v) is not bool:
+                raise error(f"{name}: expected true/false")
+            return v
+        # choice
+        if type(v) is not str or v not in self.choices:
+            raise error(f"{name}: expected one of {', '.join(self.choices)}, got {_show(v)}")
+        return v
+
+    def _float(self, name: str, v: Any, error: type[InvalidMessage]) -> float:
+        expected = "a number or null" if self.nan else "a finite number"
+        if self.nullable and not self.nan:
+            expected += " or null"
+        if not isinstance(v, int | float) or isinstance(v, bool):
+            raise error(f"{name}: expected {expected}")
+        try:
+            f = float(v)
+        except OverflowError:  # a JSON integer of more than ~308 digits
+            raise error(f"{name}: expected {expected}") from None
+        if not math.isfinite(f) and not (self.nan and math.isnan(f)):
+            raise error(f"{name}: expected {expected}")
+        return f
 
     def _iso(self, name: str, v: Any, error: type[InvalidMessage]) -> Any:
         if self.epoch_ok and isinstance(v, int) and not isinstance(v, bool):
