@@ -4,7 +4,10 @@ The candles job's output, one row per (symbol, timeframe, window_start_ms) under
 (``ReplacingMergeTree(emitted_at)``, sql/clickhouse/001_market_data.sql). The loop is
 :class:`jobs.kafka_writer.KafkaBatchWriter`'s (micro-batches from a consumer group, malformed
 messages to ``topic_candles_dlq`` with a reason, inserts retried with backoff, offsets
-committed after the insert): at-least-once delivery + idempotent rows. A candle that the
+committed after the insert): at-least-once delivery + idempotent rows. "Malformed" means
+any field its column cannot hold (:data:`COLUMNS`); a row the table still rejects (a
+constraint, a narrowed column) is isolated by bisecting the batch and dead-lettered with
+the store's error, so no message can stop the writer. A candle that the
 job emits twice (a restart from a checkpoint re-emits the windows fired after it) is the
 same row with a later ``emitted_at``, so ``FINAL`` shows it once.
 

@@ -20,8 +20,10 @@ arrival order. ``pnl_daily`` is filled from ``trading_equity`` by a materialized
 
 The loop is :class:`jobs.kafka_writer.KafkaBatchWriter`'s (the feature writer's): one
 consumer group (``trading_group_id``) reads the four topics in micro-batches; a malformed
-message goes to ``<topic>_dlq`` with a reason (:func:`parse_trading_message`); each table's
-rows of the batch are inserted (retried with backoff while ClickHouse is unreachable);
+message (any field its column cannot hold: :data:`FIELDS`) goes to ``<topic>_dlq`` with a
+reason (:func:`parse_trading_message`), as does a row ClickHouse still rejects (isolated by
+bisecting the batch); each table's rows of the batch are inserted (retried with backoff
+while ClickHouse is unreachable);
 the offsets are committed only after every insert succeeded. Each batch also adds
 ``pipeline_freshness`` rows (stages ``prediction`` and ``order``; infra/freshness.py).
 At-least-once + idempotent rows = nothing lost, nothing duplicated under ``FINAL``.
