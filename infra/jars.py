@@ -54,6 +54,42 @@ def ensure_jars(jars_dir: Path) -> list[Path]:
     return [jars_dir / n for n in JARS]
 
 
+JAVA_SRC = Path(__file__).resolve().parent.parent / "udfs" / "java"
+
+
+def udf_jar(jars_dir: Path) -> Path:
+    """The project's Java functions (``udfs/java``, e.g. JSON_FIELDS) compiled against the
+    pyflink wheel's own Flink jars into ``candleflow-udfs-<source hash>.jar``; built once per
+    source version (needs ``javac``, a JDK 11+)."""
+    sources = sorted(JAVA_SRC.rglob("*.java"))
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
+    jar = jars_dir / f"candleflow-udfs-{digest}.jar"
+    if jar.exists():
+        return jar
+    javac, jar_tool = shutil.which("javac"), shutil.which("jar")
+    if not javac or not jar_tool:
+        raise RuntimeError("javac/jar not found: install a JDK 17 (openjdk-17-jdk-headless)")
+    import pyflink
+
+    lib = Path(pyflink.__file__).parent / "lib"
+    classpath = ":".join(str(p) for p in sorted(lib.glob("flink-*.jar")))
+    jars_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="candleflow-udfs-") as tmp:
+        subprocess.run(
+            [javac, "--release", "11", "-nowarn", "-cp", classpath, "-d", tmp]
+            + [str(p) for p in sources],
+            check=True,
+        )
+        partial = jar.with_suffix(".tmp")
+        subprocess.run([jar_tool, "cf", str(partial), "-C", tmp, "."], check=True)
+        partial.replace(jar)
+    for old in jars_dir.glob("candleflow-udfs-*.jar"):
+        if old != jar:
+            old.unlink()
+    return jar
+
+
 def pipeline_jars(jars_dir: Path) -> str:
     """Value for Flink's ``pipeline.jars`` (``;``-separated file:// URLs)."""
-    return ";".join(p.resolve().as_uri() for p in ensure_jars(jars_dir))
+    jars = [*ensure_jars(jars_dir), udf_jar(jars_dir)]
+    return ";".join(p.resolve().as_uri() for p in jars)

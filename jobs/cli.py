@@ -170,10 +170,12 @@ def status(
 
 @app.command("install-jars")
 def install_jars() -> None:
-    """Fetch the Flink Kafka connector jars into CANDLEFLOW_JARS_DIR (from PyPI)."""
-    from infra.jars import ensure_jars
+    """Fetch the Flink Kafka connector jars into CANDLEFLOW_JARS_DIR (from PyPI) and build the
+    project's Java functions (udfs/java) there."""
+    from infra.jars import ensure_jars, udf_jar
 
-    for p in ensure_jars(get_settings().jars_dir):
+    jars_dir = get_settings().jars_dir
+    for p in [*ensure_jars(jars_dir), udf_jar(jars_dir)]:
         console.print(f"ok {p}")
 
 

@@ -12,7 +12,9 @@ object. The rules are ASCII regular expressions that mean the same in Python's `
 Java's ``Pattern`` (anchored with ``\\A`` and ``(?![\\s\\S])``: ``$`` would also match before
 a trailing newline), integer ranges, and the wall-clock bound. :data:`RULES` is the only
 definition: :func:`check` applies it to a parsed message, :func:`sql_reason` renders it to
-the ``CASE`` of the candles job (``sql/flink/candles.sql``), and a corpus test
+the ``CASE`` of the candles job (``sql/flink/candles.sql``; the field texts there come from
+one parse per record, ``JSON_FIELDS``, which returns what ``JSON_VALUE`` would), and a
+corpus test
 (``tests/data/trades_corpus.jsonl``) sends the same payloads through both and asserts the
 same verdict and reason case by case. The first failing rule gives the reason.
 
@@ -252,29 +254,43 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def sql_reason(max_future_ms: int, payload: str = "payload") -> str:
-    """:data:`RULES` as one SQL ``CASE`` over the raw ``payload`` column (only JSON
-    functions of the payload, so it can also be a computed column of the source table)."""
+FIELD_NAMES = ",".join(FIELDS)
 
-    def value(name: str) -> str:
-        return f"JSON_VALUE({payload}, '$.{name}')"
 
-    whens = [
-        f"WHEN {payload} IS NULL OR NOT ({payload} IS JSON OBJECT) THEN {_lit(NOT_A_JSON_OBJECT)}"
-    ]
+def sql_fields(payload: str = "payload") -> str:
+    """The payload parsed once: ``JSON_FIELDS`` (``udfs/java/candleflow/JsonFields.java``)
+    returns each field's ``JSON_VALUE`` text, then each field's kind (s/n/c), or NULL when the
+    payload is not a JSON object. ``JSON_VALUE`` itself would parse the payload once per rule."""
+    return f"JSON_FIELDS({payload}, '{FIELD_NAMES}')"
+
+
+def sql_text(field: str, fields: str = "fields") -> str:
+    """SQL for one field's text, given the ``JSON_FIELDS`` array expression ``fields``."""
+    return f"{fields}[{FIELDS.index(field) + 1}]"
+
+
+def sql_reason(max_future_ms: int, fields: str = "fields") -> str:
+    """:data:`RULES` as one SQL ``CASE`` over ``fields``, a :func:`sql_fields` array (a
+    column, or the call itself where no column can be referenced, e.g. in a computed
+    column of the source table)."""
+    n = len(FIELDS)
+
+    def kind(name: str) -> str:
+        return f"{fields}[{n + FIELDS.index(name) + 1}]"
+
+    whens = [f"WHEN {fields} IS NULL THEN {_lit(NOT_A_JSON_OBJECT)}"]
     seen_present: set[str] = set()
     for rule in RULES:
-        v = value(rule.field)
+        v = sql_text(rule.field, fields)
         if rule.field not in seen_present:
             seen_present.add(rule.field)
-            not_scalar = f"JSON_QUERY({payload}, '$.{rule.field}') IS NOT NULL"
+            not_scalar = _lit(f"{rule.field} is not a scalar")
             if rule.field in OPTIONAL:
-                reason = _lit(f"{rule.field} is not a scalar")
-                whens.append(f"WHEN {v} IS NULL AND {not_scalar} THEN {reason}")
+                whens.append(f"WHEN {kind(rule.field)} = 'c' THEN {not_scalar}")
             else:
                 whens.append(
-                    f"WHEN {v} IS NULL THEN CASE WHEN {not_scalar} "
-                    f"THEN {_lit(rule.field + ' is not a scalar')} ELSE {_lit(rule.reason)} END"
+                    f"WHEN {v} IS NULL THEN CASE WHEN {kind(rule.field)} = 'c' "
+                    f"THEN {not_scalar} ELSE {_lit(rule.reason)} END"
                 )
             if rule.kind == "present":
                 continue
@@ -293,6 +309,5 @@ def sql_reason(max_future_ms: int, payload: str = "payload") -> str:
         else:
             raise ValueError(rule.kind)
         whens.append(f"WHEN {guard}{cond} THEN {_lit(rule.reason)}")
-    return (
-        "CASE\n        " + "\n        ".join(whens) + "\n        ELSE CAST(NULL AS STRING)\n    END"
-    )
+    body = "\n        ".join(whens)
+    return f"CASE\n        {body}\n        ELSE CAST(NULL AS STRING)\n    END"

@@ -20,7 +20,7 @@ ARG PYTHON_VERSION=3.11
 
 USER root
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && apt-get install -y --no-install-recommends ca-certificates curl openjdk-17-jdk-headless \
     && rm -rf /var/lib/apt/lists/*
 
 # Connector jars (verified) -> /opt/flink/lib
@@ -58,7 +58,8 @@ RUN uv sync --frozen --no-default-groups --python "$PYTHON_VERSION" \
 ENV PATH=/opt/venv/bin:$PATH \
     CANDLEFLOW_JARS_DIR=/opt/candleflow/jars \
     CANDLEFLOW_STATE_DIR=/tmp/candleflow-state
-# the client side of `candleflow submit` inside the container puts these jars in
+# the client side of `candleflow submit` inside the container puts these jars (and the
+# project's Java functions, udfs/java, compiled here with javac) in
 # pipeline.jars (SHA-256-checked PyPI redistribution of the same versions; see infra/jars.py);
 # classloader.parent-first-patterns.additional=org.apache.kafka. in docker-compose.yml keeps
 # the copies in /opt/flink/lib authoritative

@@ -5,18 +5,25 @@
 -- Statements are separated by a semicolon at the end of a line; INSERTs run together as
 -- one statement set (one job, one source read).
 
+-- The trade contract (udfs/trade_contract.py) is one rule table, shared with ingestion:
+-- ${trade_reason} is its CASE, rendered from that table (NULL for a valid trade, else the
+-- reason text). The rules read each field's text from one parse of the payload,
+-- JSON_FIELDS (udfs/java/candleflow/JsonFields.java), because JSON_VALUE parses the
+-- payload again on every call (~4 us each, and the rules need ~25 of them).
+CREATE TEMPORARY FUNCTION JSON_FIELDS AS 'candleflow.JsonFields' LANGUAGE JAVA;
+
 -- Raw source: one STRING per record, so malformed JSON can never fail the job.
--- ${trade_reason} is the trade contract (udfs/trade_contract.py, the same rules and reason
--- texts as ingestion): a CASE over the payload that is NULL for a valid trade, else the
--- reason. It is rendered from that one rule table rather than written here twice.
 CREATE TEMPORARY TABLE trades_raw (
     payload STRING,
     ${source_metadata_columns},
+    trade_fields AS ${trade_fields},
     -- event time comes from valid trades only: a record any rule rejects (bad price, a
-    -- clock in the future, ...) gets epoch 0, which never advances the watermark
+    -- clock in the future, ...) gets epoch 0, which never advances the watermark. A computed
+    -- column cannot use another, so this one calls JSON_FIELDS again; JsonFields keeps its
+    -- last result, so the payload is still parsed once.
     ts AS TO_TIMESTAMP_LTZ(
         CASE
-            WHEN (${trade_reason}) IS NULL THEN TRY_CAST(JSON_VALUE(payload, '$.ts_ms') AS BIGINT)
+            WHEN (${trade_reason_at_source}) IS NULL THEN TRY_CAST(${ts_ms_at_source} AS BIGINT)
             ELSE 0
         END, 3),
     WATERMARK FOR ts AS ts - INTERVAL '${watermark_delay_s}' SECOND(3)
@@ -30,13 +37,13 @@ CREATE TEMPORARY TABLE trades_raw (
 CREATE TEMPORARY VIEW trades_checked AS
 SELECT
     payload, src_partition, src_offset, ts,
-    TRY_CAST(JSON_VALUE(payload, '$.ts_ms') AS BIGINT) AS ts_ms,
-    JSON_VALUE(payload, '$.symbol') AS symbol,
-    TRY_CAST(JSON_VALUE(payload, '$.price') AS DECIMAL(20, 8)) AS price,
-    TRY_CAST(JSON_VALUE(payload, '$.qty') AS DECIMAL(18, 8)) AS qty,
-    JSON_VALUE(payload, '$.side') AS side,
-    TRY_CAST(JSON_VALUE(payload, '$.trade_id') AS BIGINT) AS trade_id,
-    COALESCE(JSON_VALUE(payload, '$.exchange'), 'unknown') AS exchange,
+    TRY_CAST(${field_ts_ms} AS BIGINT) AS ts_ms,
+    ${field_symbol} AS symbol,
+    TRY_CAST(${field_price} AS DECIMAL(20, 8)) AS price,
+    TRY_CAST(${field_qty} AS DECIMAL(18, 8)) AS qty,
+    ${field_side} AS side,
+    TRY_CAST(${field_trade_id} AS BIGINT) AS trade_id,
+    COALESCE(${field_exchange}, 'unknown') AS exchange,
     ${trade_reason} AS reason
 FROM trades_raw;
 

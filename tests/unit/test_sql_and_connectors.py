@@ -18,17 +18,18 @@ def test_candles_sql_loads_for_kafka_and_files(tmp_path: Path) -> None:
     s = Settings(kafka_bootstrap="h:1", watermark_delay_ms=2500)
     stmts = load_statements("candles.sql", Endpoints(s, end_offsets={0: 10}).candles_params())
     inserts = [x for x in stmts if is_insert(x)]
-    assert len(inserts) == 3 and len(stmts) == 17
-    src = stmts[0]
+    assert len(inserts) == 3 and len(stmts) == 18
+    assert stmts[0].startswith("CREATE TEMPORARY FUNCTION JSON_FIELDS")
+    src = stmts[1]
     assert "'scan.bounded.specific-offsets' = 'partition:0,offset:10'" in src
     assert "INTERVAL '2.500' SECOND(3)" in src
-    assert "'$.ts_ms'" in src  # JSON paths survive templating
+    assert "'ts_ms,symbol,price,qty,side,trade_id,exchange'" in src  # JSON_FIELDS' names
     assert all("${" not in x for x in stmts)
 
     f = Settings(source_connector="filesystem")
     stmts = load_statements("candles.sql", Endpoints(f, files_dir=tmp_path).candles_params())
-    assert "'connector' = 'filesystem'" in stmts[0]
-    assert "METADATA" not in stmts[0]
+    assert "'connector' = 'filesystem'" in stmts[1]
+    assert "METADATA" not in stmts[1]
 
 
 def test_missing_placeholder_is_an_error(tmp_path: Path) -> None:
