@@ -77,7 +77,10 @@ class Sender:
         self.i = 0  # messages sent
         now = time.time()
         self.w0 = now
-        self.t0 = int(now * 1000) // 60_000 * 60_000  # event time starts at a minute
+        # event time starts at a minute 30 days back: it runs F times faster than the wall
+        # clock, and the candles job dead-letters trades stamped ahead of the wall clock
+        # (trade_max_future_ms); 30 days leave 12 h of wall time at F = 60
+        self.t0 = (int(now * 1000) - 30 * 86_400_000) // 60_000 * 60_000
         # one entry per send chunk (all its trades share wall time and event ts)
         self.chunk_wall: list[float] = []
         self.chunk_ts: list[int] = []
