@@ -126,15 +126,7 @@ REASONS: tuple[str, ...] = tuple(
 
 
 # -- Python side ---------------------------------------------------------------------------
-class _Number(str):
-    """A JSON number's text as Jackson/BigDecimal prints it (marks it as not a string)."""
-
-
-class _NotScalar:
-    pass
-
-
-NOT_SCALAR = _NotScalar()
+NOT_SCALAR = object()  # what scalar_text gives for an array or object
 _WS = " \t\n\r"
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
 _DECODER = json.JSONDecoder(
@@ -152,13 +144,14 @@ def _reject() -> Any:
     raise _Rejected("NaN/Infinity literal")
 
 
-def _number(text: str, fractional: bool) -> _Number:
+def _number(text: str, fractional: bool) -> str:
+    """A JSON number's text as Jackson/BigDecimal prints it."""
     if len(text.lstrip("-")) > MAX_NUMBER_CHARS:
         raise _Rejected("number too long")
     if not fractional:
-        return _Number("0" if text == "-0" else text)
+        return "0" if text == "-0" else text
     d = Decimal(text)
-    return _Number(str(d.copy_abs() if d.is_zero() else d))
+    return str(d.copy_abs() if d.is_zero() else d)
 
 
 def _too_deep(text: str) -> bool:
