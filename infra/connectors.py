@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.settings import Settings
-from udfs.trade_contract import FIELDS, sql_fields, sql_reason, sql_text
+from udfs.trade_contract import FIELDS, sql_check, sql_reason, sql_text
 
 
 def render_with(options: dict[str, str]) -> str:
@@ -125,11 +125,11 @@ class Endpoints:
             ),
             "trades_source": render_with(source | self.extra),
             "watermark_delay_s": f"{s.watermark_delay_ms / 1000:.3f}",
-            "trade_fields": sql_fields(),
-            "trade_reason_at_source": sql_reason(s.trade_max_future_ms, fields=sql_fields()),
-            "ts_ms_at_source": sql_text("ts_ms", fields=sql_fields()),
-            "trade_reason": sql_reason(s.trade_max_future_ms, fields="trade_fields"),
-            **{f"field_{f}": sql_text(f, fields="trade_fields") for f in FIELDS},
+            "trade_check": sql_check(s.trade_max_future_ms),
+            "trade_reason_at_source": sql_reason(sql_check(s.trade_max_future_ms)),
+            "ts_ms_at_source": sql_text("ts_ms", sql_check(s.trade_max_future_ms)),
+            "trade_reason": sql_reason("trade_check"),
+            **{f"field_{f}": sql_text(f, "trade_check") for f in FIELDS},
             "trades_topic": s.topic_trades,
         }
         params |= {k: render_with(v) for k, v in sinks.items()}

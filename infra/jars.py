@@ -58,7 +58,7 @@ JAVA_SRC = Path(__file__).resolve().parent.parent / "udfs" / "java"
 
 
 def udf_jar(jars_dir: Path) -> Path:
-    """The project's Java functions (``udfs/java``, e.g. JSON_FIELDS) compiled against the
+    """The project's Java functions (``udfs/java``, e.g. TRADE_CHECK) compiled against the
     pyflink wheel's own Flink jars into ``candleflow-udfs-<source hash>.jar``; built once per
     source version (needs ``javac``, a JDK 11+)."""
     sources = sorted(JAVA_SRC.rglob("*.java"))

@@ -11,10 +11,10 @@ value; a JSON number's text as ``java.math.BigDecimal`` prints it (``1e2`` -> ``
 object. The rules are ASCII regular expressions that mean the same in Python's ``re`` and
 Java's ``Pattern`` (anchored with ``\\A`` and ``(?![\\s\\S])``: ``$`` would also match before
 a trailing newline), integer ranges, and the wall-clock bound. :data:`RULES` is the only
-definition: :func:`check` applies it to a parsed message, :func:`sql_reason` renders it to
-the ``CASE`` of the candles job (``sql/flink/candles.sql``; the field texts there come from
-one parse per record, ``JSON_FIELDS``, which returns what ``JSON_VALUE`` would), and a
-corpus test
+definition: :func:`check` applies it to a parsed message; the candles job
+(``sql/flink/candles.sql``) gets it as JSON (:func:`contract_json`) and applies it with
+``TRADE_CHECK`` (``udfs/java/candleflow/TradeCheck.java``, one parse and one pass over the
+rules per record; its texts are what ``JSON_VALUE`` would return), and a corpus test
 (``tests/data/trades_corpus.jsonl``) sends the same payloads through both and asserts the
 same verdict and reason case by case. The first failing rule gives the reason.
 
@@ -247,60 +247,35 @@ def _lit(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-FIELD_NAMES = ",".join(FIELDS)
+def contract_json(max_future_ms: int) -> str:
+    """:data:`RULES` (and the fields, the optional ones, the wall-clock bound) as the JSON
+    that the job's ``TRADE_CHECK`` (``udfs/java/candleflow/TradeCheck.java``) interprets."""
+    return json.dumps(
+        {
+            "fields": list(FIELDS),
+            "optional": OPTIONAL,
+            "not_a_json_object": NOT_A_JSON_OBJECT,
+            "max_future_ms": int(max_future_ms),
+            "rules": [
+                {"field": r.field, "kind": r.kind, "reason": r.reason, "arg": r.arg} for r in RULES
+            ],
+        },
+        separators=(",", ":"),
+    )
 
 
-def sql_fields(payload: str = "payload") -> str:
-    """The payload parsed once: ``JSON_FIELDS`` (``udfs/java/candleflow/JsonFields.java``)
-    returns each field's ``JSON_VALUE`` text, then each field's kind (s/n/c), or NULL when the
-    payload is not a JSON object. ``JSON_VALUE`` itself would parse the payload once per rule."""
-    return f"JSON_FIELDS({payload}, '{FIELD_NAMES}')"
+def sql_check(max_future_ms: int, payload: str = "payload") -> str:
+    """The SQL call that checks one record: ``TRADE_CHECK(payload, '<contract>')`` returns
+    each field's ``JSON_VALUE`` text (:data:`FIELDS` order), then the first failing rule's
+    reason (NULL when valid), from one parse; calls on the same record are not repeated."""
+    return f"TRADE_CHECK({payload}, {_lit(contract_json(max_future_ms))})"
 
 
-def sql_text(field: str, fields: str = "fields") -> str:
-    """SQL for one field's text, given the ``JSON_FIELDS`` array expression ``fields``."""
-    return f"{fields}[{FIELDS.index(field) + 1}]"
+def sql_text(field: str, checked: str = "checked") -> str:
+    """SQL for one field's text, given a :func:`sql_check` array expression ``checked``."""
+    return f"{checked}[{FIELDS.index(field) + 1}]"
 
 
-def sql_reason(max_future_ms: int, fields: str = "fields") -> str:
-    """:data:`RULES` as one SQL ``CASE`` over ``fields``, a :func:`sql_fields` array (a
-    column, or the call itself where no column can be referenced, e.g. in a computed
-    column of the source table)."""
-    n = len(FIELDS)
-
-    def kind(name: str) -> str:
-        return f"{fields}[{n + FIELDS.index(name) + 1}]"
-
-    whens = [f"WHEN {fields} IS NULL THEN {_lit(NOT_A_JSON_OBJECT)}"]
-    seen_present: set[str] = set()
-    for rule in RULES:
-        v = sql_text(rule.field, fields)
-        if rule.field not in seen_present:
-            seen_present.add(rule.field)
-            not_scalar = _lit(f"{rule.field} is not a scalar")
-            if rule.field in OPTIONAL:
-                whens.append(f"WHEN {kind(rule.field)} = 'c' THEN {not_scalar}")
-            else:
-                whens.append(
-                    f"WHEN {v} IS NULL THEN CASE WHEN {kind(rule.field)} = 'c' "
-                    f"THEN {not_scalar} ELSE {_lit(rule.reason)} END"
-                )
-            if rule.kind == "present":
-                continue
-        guard = f"{v} IS NOT NULL AND " if rule.field in OPTIONAL else ""
-        if rule.kind == "regex":
-            cond = f"NOT REGEXP({v}, {_lit(rule.arg)})"
-        elif rule.kind == "not_regex":
-            cond = f"REGEXP({v}, {_lit(rule.arg)})"
-        elif rule.kind == "int_range":
-            lo, hi = rule.arg
-            cond = f"NOT COALESCE(TRY_CAST({v} AS BIGINT) BETWEEN {lo} AND {hi}, FALSE)"
-        elif rule.kind == "max_future":
-            cond = f"CAST({v} AS BIGINT) > UNIX_TIMESTAMP() * 1000 + {int(max_future_ms)}"
-        elif rule.kind == "one_of":
-            cond = f"{v} NOT IN ({', '.join(_lit(x) for x in rule.arg)})"
-        else:
-            raise ValueError(rule.kind)
-        whens.append(f"WHEN {guard}{cond} THEN {_lit(rule.reason)}")
-    body = "\n        ".join(whens)
-    return f"CASE\n        {body}\n        ELSE CAST(NULL AS STRING)\n    END"
+def sql_reason(checked: str = "checked") -> str:
+    """SQL for the reason (NULL when valid), given a :func:`sql_check` array expression."""
+    return f"{checked}[{len(FIELDS) + 1}]"

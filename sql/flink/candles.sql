@@ -5,22 +5,24 @@
 -- Statements are separated by a semicolon at the end of a line; INSERTs run together as
 -- one statement set (one job, one source read).
 
--- The trade contract (udfs/trade_contract.py) is one rule table, shared with ingestion:
--- ${trade_reason} is its CASE, rendered from that table (NULL for a valid trade, else the
--- reason text). The rules read each field's text from one parse of the payload,
--- JSON_FIELDS (udfs/java/candleflow/JsonFields.java), because JSON_VALUE parses the
--- payload again on every call (~4 us each, and the rules need ~25 of them).
-CREATE TEMPORARY FUNCTION JSON_FIELDS AS 'candleflow.JsonFields' LANGUAGE JAVA;
+-- The trade contract (udfs/trade_contract.py) is one rule table, shared with ingestion.
+-- ${trade_check} is TRADE_CHECK(payload, '<that table as JSON>')
+-- (udfs/java/candleflow/TradeCheck.java): one parse of the payload and one pass over the
+-- rules give each field's JSON_VALUE text, then the first failing rule's reason (NULL for a
+-- valid trade). It keeps its last result, so the several places below that read one
+-- record's check cost one evaluation. (JSON_VALUE parses the payload on every call, ~4 us
+-- each, and a CASE of ~25 rules was evaluated once per branch of the job.)
+CREATE TEMPORARY FUNCTION TRADE_CHECK AS 'candleflow.TradeCheck' LANGUAGE JAVA;
 
 -- Raw source: one STRING per record, so malformed JSON can never fail the job.
 CREATE TEMPORARY TABLE trades_raw (
     payload STRING,
     ${source_metadata_columns},
-    trade_fields AS ${trade_fields},
+    trade_check AS ${trade_check},
     -- event time comes from valid trades only: a record any rule rejects (bad price, a
     -- clock in the future, ...) gets epoch 0, which never advances the watermark. A computed
-    -- column cannot use another, so this one calls JSON_FIELDS again; JsonFields keeps its
-    -- last result, so the payload is still parsed once.
+    -- column cannot use another, so this one calls TRADE_CHECK again (answered from its
+    -- last result).
     ts AS TO_TIMESTAMP_LTZ(
         CASE
             WHEN (${trade_reason_at_source}) IS NULL THEN TRY_CAST(${ts_ms_at_source} AS BIGINT)

@@ -4,13 +4,21 @@
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 
 from infra.settings import REPO_ROOT
 from jobs.ingest.schema import InvalidTrade, Trade, format_decimal, validate
-from udfs.trade_contract import REASONS, RULES, sql_reason
+from udfs.trade_contract import (
+    FIELDS,
+    OPTIONAL,
+    REASONS,
+    RULES,
+    contract_json,
+    sql_check,
+    sql_reason,
+    sql_text,
+)
 
 GOOD = {
     "ts_ms": 1680652700452,
@@ -97,18 +105,22 @@ def test_format_decimal_is_plain_and_exact() -> None:
     assert format_decimal(3.0) == "3"
 
 
-def test_sql_case_is_rendered_from_the_rule_table() -> None:
-    """The job's CASE is the rule table: every reason, in the contract's order."""
-    sql = sql_reason(60_000)
-    whens = re.findall(r"(?:THEN|ELSE) '([^']+)'", sql)
-    order = [r for r in whens if r in REASONS]
-    assert set(order) == set(REASONS)
-    firsts = [rule.reason for rule in RULES]
-    assert list(dict.fromkeys(r for r in order if r in firsts)) == list(dict.fromkeys(firsts))
-    assert order[0] == "not a JSON object"
-    assert "UNIX_TIMESTAMP() * 1000 + 60000" in sql
+def test_job_contract_is_the_rule_table() -> None:
+    """The job's TRADE_CHECK gets the rule table itself, in the contract's order."""
+    c = json.loads(contract_json(60_000))
+    assert [(r["field"], r["kind"], r["reason"]) for r in c["rules"]] == [
+        (r.field, r.kind, r.reason) for r in RULES
+    ]
+    assert c["fields"] == list(FIELDS) and c["optional"] == OPTIONAL
+    assert c["max_future_ms"] == 60_000 and c["not_a_json_object"] == REASONS[0]
+    assert set(REASONS) == {c["not_a_json_object"]} | {r["reason"] for r in c["rules"]} | {
+        f"{f} is not a scalar" for f in FIELDS
+    }
+    call = sql_check(60_000)
+    assert call.startswith("TRADE_CHECK(payload, '") and "''" not in contract_json(60_000)
+    assert sql_reason("c") == f"c[{len(FIELDS) + 1}]" and sql_text("price", "c") == "c[3]"
     candles_sql = (REPO_ROOT / "sql" / "flink" / "candles.sql").read_text()
-    # the rules are used twice, both rendered from the one table: event time and reason
+    # the check is used twice, from the one table: event time and reason
     assert "(${trade_reason_at_source}) IS NULL" in candles_sql
     assert "${trade_reason} AS reason" in candles_sql
 
