@@ -1,4 +1,4 @@
-"""The trade message contract: one table of rules, checked in Python and rendered to SQL.
+"""The trade message contract: one table of rules, checked in Python and in the Flink job.
 
 Wire format on topic ``trades`` (key = symbol), one JSON object per message::
 
