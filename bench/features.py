@@ -14,7 +14,7 @@ job emits them; VWAP proxy (H+L+C)/3 because the file has none):
    the job runs as a user runs it (``candleflow features run --end-offsets ...`` in a
    fresh process, settings from ``CANDLEFLOW_*`` env), bounded to the prefilled offsets.
    Steady state = feature rows whose ``computed_at`` (CURRENT_TIMESTAMP in the job, after
-   the UDAF) falls in the middle 80% of the emission span / that span. JVM and job start
+   the UDF) falls in the middle 80% of the emission span / that span. JVM and job start
    are before the first emission and excluded (reported as wall time). Every emitted row
    is compared with the ceiling's values (must be bit-identical).
 3. Latency: the job is started on a topic holding only warm-up history (--warmup-bars per
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> None:
 
     ceil = ceiling["same_definition_compute_series"]["candles_per_s"]
     report = {
-        "benchmark": "features: Kafka candles -> 30 TA-Lib features (pandas UDAF, OVER) -> Kafka",
+        "benchmark": "features: Kafka candles -> 30 features (ARRAY_AGG OVER, pandas UDF) -> Kafka",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine_info(),
         "versions": {p: version(p) for p in ("apache-flink", "ta-lib", "numpy", "pyarrow")},

@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     # the candles topic is in event-time order per key (the candles job emits a window when
     # its watermark passes), so the features source needs little or no out-of-orderness;
     # every ms here is added to the candle -> feature latency (see README, Features job)
-    # on-periodic (every 200 ms): a bundle of UDAF rows per watermark instead of one round
+    # on-periodic (every 200 ms): a bundle of UDF rows per watermark instead of one round
     # trip to the Python worker per candle (~3x the rate), and candles of one minute that
     # arrive together are all emitted on the next tick (see bench/results/features.json)
     features_watermark_emit: Literal["on-event", "on-periodic"] = "on-periodic"

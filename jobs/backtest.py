@@ -338,7 +338,7 @@ def run_backtest(
     timed("replay", t0)
 
     # 2. features job --------------------------------------------------------------------
-    stage("2/8 features job (Flink SQL + TA-Lib UDAF, bounded)")
+    stage("2/8 features job (Flink SQL + features UDF, bounded)")
     t0 = time.monotonic()
     features.submit(Endpoints(s, end_offsets=tracker.end), job_name=f"{cfg.run_id}-features").wait()
     # one features row per candle; the broker may show the last writes a moment later

@@ -1,5 +1,5 @@
 """Features job: Kafka ``candles`` -> indicator features (sql/flink/features.sql, one pandas
-UDAF over a bounded OVER window) -> Kafka ``features``.
+UDF over ARRAY_AGG windows of a bounded OVER window) -> Kafka ``features``.
 
 Run it with ``candleflow features run`` or ``flink run -py jobs/features.py -- [...]``.
 """

@@ -1,8 +1,10 @@
 -- candleflow features job: Kafka `candles` -> indicator features -> Kafka `features`.
 --
--- One pandas UDAF (udfs/flink_udfs.py: features) over a bounded OVER window per symbol and
--- timeframe returns all features as ARRAY<DOUBLE> (NULL = warm-up not met). Each feature
--- reads only its own history window inside the frame, so stream == batch exactly.
+-- A bounded OVER window per symbol and timeframe collects each row's last bars
+-- (ARRAY_AGG, oldest first), and one vectorised pandas UDF (udfs/flink_udfs.py: features)
+-- computes all features for a whole Arrow batch of rows at once, as ARRAY<DOUBLE> (NULL =
+-- warm-up not met). Each feature reads only its own history window inside the frame, so
+-- stream == batch exactly (both call udfs.indicators.compute_windows).
 -- ${...} placeholders come from infra/connectors.py and udfs/indicators.py.
 
 CREATE TEMPORARY TABLE candles_src (
@@ -21,15 +23,25 @@ CREATE TEMPORARY TABLE candles_src (
     WATERMARK FOR rowtime AS rowtime - INTERVAL '${watermark_delay_s}' SECOND(3)
 ) WITH (${candles_source});
 
-CREATE TEMPORARY VIEW candles_with_features AS
+CREATE TEMPORARY VIEW candles_windows AS
 SELECT *,
-    features(CAST(`open` AS DOUBLE), CAST(high AS DOUBLE), CAST(low AS DOUBLE),
-             CAST(`close` AS DOUBLE), CAST(volume AS DOUBLE), vwap) OVER w AS f
+    ARRAY_AGG(CAST(`open` AS DOUBLE)) OVER w AS open_w,
+    ARRAY_AGG(CAST(high AS DOUBLE)) OVER w AS high_w,
+    ARRAY_AGG(CAST(low AS DOUBLE)) OVER w AS low_w,
+    ARRAY_AGG(CAST(`close` AS DOUBLE)) OVER w AS close_w,
+    ARRAY_AGG(CAST(volume AS DOUBLE)) OVER w AS volume_w,
+    ARRAY_AGG(vwap) OVER w AS vwap_w
 FROM candles_src
 WINDOW w AS (
     PARTITION BY symbol, timeframe
     ORDER BY rowtime
     ROWS BETWEEN ${over_preceding} PRECEDING AND CURRENT ROW);
+
+CREATE TEMPORARY VIEW candles_with_features AS
+SELECT symbol, timeframe, window_start_ms, window_end_ms, `open`, high, low, `close`, volume,
+    vwap, trade_count, rowtime,
+    features(open_w, high_w, low_w, close_w, volume_w, vwap_w) AS f
+FROM candles_windows;
 
 CREATE TEMPORARY TABLE features_sink (
     feature_key STRING,
