@@ -10,6 +10,8 @@
    5m/15m/1h, DLQ and late routing). JVM start is reported separately.
 4. Quix Streams: 1m tumbling window per symbol (event time = ts_ms, grace = the same
    watermark delay), open/close by timestamp, high/low/volume/quote volume/count/buy/sell.
+5. Flink at parallelism 2: the same trades in a second topic of 2 partitions (keyed by
+   symbol), the job with parallelism 2 (skip with --no-parallelism2).
 
 Steady-state rate = trades covered by the 1m candles emitted in the middle 80% of the
 emission time span / that span (emission time = `emitted_at` stamped by each engine).
@@ -189,6 +191,33 @@ def flink_stage_profile(s: Settings, end: dict[int, int], n: int) -> dict[str, f
     return out
 
 
+def run_parallel(s: Settings, repeat: int, p1: dict[str, Any]) -> dict[str, Any]:
+    """The same trades in a topic of 2 partitions (keyed by symbol), the job at parallelism 2:
+    throughput, and per-core efficiency against the parallelism-1 run of the same run."""
+    from infra.kafka import ensure_topics
+
+    sp = s.model_copy(
+        update={
+            "parallelism": 2,
+            "topic_trades": s.topic_trades + "_p2",
+            "topic_candles": s.topic_candles + "_p2",
+            "topic_trades_dlq": s.topic_trades_dlq + "_p2",
+            "topic_trades_late": s.topic_trades_late + "_p2",
+        }
+    )
+    ensure_topics(sp.kafka_bootstrap, [sp.topic_trades], partitions=2)
+    ensure_topics(sp.kafka_bootstrap, [sp.topic_candles, sp.topic_trades_dlq, sp.topic_trades_late])
+    _, end, _, sentinel_ts = prefill(sp.kafka_bootstrap, sp.topic_trades, repeat)
+    out = run_flink(sp, end, sentinel_ts)
+    rate = out["steady_trades_per_s"]
+    return {
+        **out,
+        "partitions": {str(p): o for p, o in sorted(end.items())},
+        "speedup_over_parallelism_1": rate / p1["steady_trades_per_s"],
+        "per_core_efficiency": rate / 2 / p1["steady_trades_per_s"],
+    }
+
+
 def run_quix(s: Settings, delay_ms: int, sentinel_ts: int, idle_s: float = 8.0) -> dict[str, Any]:
     from quixstreams import Application
     from quixstreams.dataframe.windows import Count, Earliest, Latest, Max, Min, Sum
@@ -269,6 +298,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--repeat", type=int, default=5, help="replays of the 115,993 real trades")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "candles.json")
+    ap.add_argument(
+        "--no-parallelism2",
+        dest="parallelism2",
+        action="store_false",
+        help="skip the Flink run at parallelism 2 on a 2-partition copy of the topic",
+    )
     args = ap.parse_args(argv)
     state = Path(tempfile.mkdtemp(prefix="bench-candles-"))
     broker = TansuBroker(port=free_port(), state_dir=state)
@@ -322,6 +357,9 @@ def main(argv: list[str] | None = None) -> None:
         print("flink profile", res["flink_stage_profile"], flush=True)
         res["quix"] = run_quix(s, s.watermark_delay_ms, sentinel_ts)
         print("quix", res["quix"], flush=True)
+        if args.parallelism2:
+            res["flink_parallelism_2"] = run_parallel(s, args.repeat, res["flink"])
+            print("flink parallelism 2", res["flink_parallelism_2"], flush=True)
     finally:
         broker.stop()
     f, q = res["flink"]["steady_trades_per_s"], res["quix"]["steady_trades_per_s"]
@@ -362,6 +400,16 @@ def main(argv: list[str] | None = None) -> None:
             "flink_over_raw_kafka_python": f / kp,
             "quix_over_raw_kafka_python": q / kp,
             "flink_over_raw_confluent": f / ck,
+            **(
+                {
+                    "flink_parallelism_2_over_quix": res["flink_parallelism_2"][
+                        "steady_trades_per_s"
+                    ]
+                    / q
+                }
+                if "flink_parallelism_2" in res
+                else {}
+            ),
         },
     }
     write_report(args.out, report)

@@ -142,7 +142,9 @@ class Settings(BaseSettings):
     features_watermark_delay_ms: int = Field(0, ge=0, description="candles out-of-orderness")
     python_execution_mode: Literal["process", "thread"] = "process"
     python_bundle_size: int = Field(100_000, ge=1, description="max rows per Python bundle")
-    python_bundle_time_ms: int = Field(1_000, ge=1, description="max wait before a bundle")
+    # a row waits in the pandas UDF's bundle until this timer (a watermark does not flush
+    # it): Flink's 1 s default gave the features job a 1 s p50 latency (bench/README.md)
+    python_bundle_time_ms: int = Field(100, ge=1, description="max wait before a bundle")
     python_arrow_batch_size: int = Field(10_000, ge=1, description="rows per Arrow batch")
 
     # --- checkpoints + recovery (candles and features jobs; README "Checkpoints") ----------

@@ -64,9 +64,9 @@ def test_features_sql_uses_its_own_watermark_settings() -> None:
 
 def test_python_execution_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CANDLEFLOW_PYTHON_EXECUTION_MODE", "thread")
-    monkeypatch.setenv("CANDLEFLOW_PYTHON_BUNDLE_TIME_MS", "100")
+    monkeypatch.setenv("CANDLEFLOW_PYTHON_BUNDLE_TIME_MS", "250")
     s = Settings()
-    assert (s.python_execution_mode, s.python_bundle_time_ms) == ("thread", 100)
+    assert (s.python_execution_mode, s.python_bundle_time_ms) == ("thread", 250)
     with pytest.raises(ValueError):
         Settings(python_execution_mode="fork")  # type: ignore[arg-type]
 
