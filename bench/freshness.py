@@ -428,6 +428,13 @@ def main(argv: list[str] | None = None) -> None:
             key = (str(row["symbol"]), str(row["timeframe"]), int(row["window_end_ms"]))
             observed[key] = int(row["seen"])
     candles = read_all(s.kafka_bootstrap, s.topic_candles, idle_timeout_s=3)
+    # where trades that never reached a candle went: dead letters by reason, late trades
+    reasons: dict[str, int] = {}
+    for d in read_all(s.kafka_bootstrap, s.topic_trades_dlq, idle_timeout_s=3):
+        reasons[str(d.get("reason"))] = reasons.get(str(d.get("reason")), 0) + 1
+    late = read_all(s.kafka_bootstrap, s.topic_trades_late, idle_timeout_s=3)
+    res["dead_letters_by_reason"] = reasons
+    res["late_trades"] = len(late)
     broker.stop()
     redis.stop()
     delay = s.watermark_delay_ms
