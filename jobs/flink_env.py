@@ -91,10 +91,6 @@ def table_env(settings: Settings, job_name: str, *, config: dict[str, str] | Non
         "pipeline.name": job_name,
         "pipeline.jars": ";".join([pipeline_jars(settings.jars_dir), *flink_python_jar()]),
         "parallelism.default": str(settings.parallelism),
-        # chained operators hand rows over without a deep copy (the SQL runtime's operators
-        # copy what they keep); off, copying each row between the source's chained Calcs
-        # was ~15% of the candles job's CPU
-        "pipeline.object-reuse": "true",
         "python.executable": settings.flink_python_executable or sys.executable,
         "python.client.executable": sys.executable,
         "pipeline.auto-watermark-interval": f"{settings.watermark_interval_ms} ms",
