@@ -10,8 +10,8 @@ feature is not ready (NaN).
 
 One function computes them, :func:`compute_windows`: many windows at once, one per row,
 with TA-Lib's algorithms written across rows (``udfs/talib_rows.py``). The stream job calls
-it once per Arrow batch; :func:`compute_series` (batch) and :func:`compute_last` (one bar)
-call it too, so stream and batch compute with the same function. TA-Lib itself is the
+it once per Arrow batch; :func:`compute_series` (batch) calls it too, so stream and batch
+compute with the same function. TA-Lib itself is the
 tests' independent reference (explicit slices, 1e-9 relative).
 
 Names follow ``<indicator>_<params>[_<output>]`` (e.g. ``rsi_14``, ``macd_12_26_9_hist``);
@@ -199,7 +199,7 @@ def compute_windows(windows: Matrices, bars: np.ndarray) -> np.ndarray:
             if not ready.any():
                 continue
             sub = by_window.get(f.window)
-            if sub is None:  # contiguous: the same memory layout on every path
+            if sub is None:  # Fortran order on every path: each bar's column is contiguous
                 sub = by_window[f.window] = Bars(
                     {
                         k: np.asfortranarray(m[:, width - f.window :], np.float64)
@@ -222,18 +222,6 @@ def windows_of(arrays: Arrays) -> tuple[dict[str, np.ndarray], np.ndarray]:
         for k, v in arrays.items()
     }
     return views, np.minimum(np.arange(1, n + 1), MAX_WINDOW)
-
-
-def compute_last(arrays: Arrays) -> dict[str, float]:
-    """All features at the last bar of ``arrays`` (oldest first): :func:`compute_windows`
-    on one window."""
-    n = len(arrays["close"])
-    tail = {k: np.asarray(v, np.float64)[-MAX_WINDOW:] for k, v in arrays.items()}
-    m = min(n, MAX_WINDOW)
-    pad = np.full(MAX_WINDOW - m, np.nan)
-    windows = {k: np.concatenate([pad, v])[None, :] for k, v in tail.items()}
-    row = compute_windows(windows, np.array([m]))[0]
-    return {name: float(v) for name, v in zip(FEATURE_NAMES, row, strict=True)}
 
 
 def compute_series(arrays: Arrays, chunk: int = 4096) -> dict[str, np.ndarray]:

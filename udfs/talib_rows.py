@@ -23,12 +23,13 @@ import numpy as np
 Matrix = np.ndarray  # (rows, bars) float64
 Column = np.ndarray  # (rows,) float64
 
-_ZERO = 0.00000000000001  # TA_IS_ZERO: |v| < 1e-14 (TA-Lib 0.8; it was 1e-8)
-_EPSILON = 0.00000000000001  # TA_IS_ZERO_SCALED: |v| <= 1e-14 * (|a| + |b|)
+# TA-Lib 0.8's TA_EPSILON (it was 1e-8): TA_IS_ZERO is |v| < eps, TA_IS_ZERO_SCALED is
+# |v| <= eps * (|a| + |b|)
+_EPSILON = 0.00000000000001
 
 
 def _is_zero(x: Column) -> Column:
-    return (x > -_ZERO) & (x < _ZERO)
+    return (x > -_EPSILON) & (x < _EPSILON)
 
 
 def running_sum(x: Matrix, start: int, stop: int) -> Column:
