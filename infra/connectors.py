@@ -116,6 +116,7 @@ class Endpoints:
                 "dlq_sink": self.file_sink(s.topic_trades_dlq),
                 "late_sink": self.file_sink(s.topic_trades_late),
             }
+        check = sql_check(s.trade_max_future_ms)  # the source's computed columns call it
         params = {
             "source_metadata_columns": (
                 "src_partition INT METADATA FROM 'partition' VIRTUAL,\n"
@@ -125,9 +126,9 @@ class Endpoints:
             ),
             "trades_source": render_with(source | self.extra),
             "watermark_delay_s": f"{s.watermark_delay_ms / 1000:.3f}",
-            "trade_check": sql_check(s.trade_max_future_ms),
-            "trade_reason_at_source": sql_reason(sql_check(s.trade_max_future_ms)),
-            "ts_ms_at_source": sql_text("ts_ms", sql_check(s.trade_max_future_ms)),
+            "trade_check": check,
+            "trade_reason_at_source": sql_reason(check),
+            "ts_ms_at_source": sql_text("ts_ms", check),
             "trade_reason": sql_reason("trade_check"),
             **{f"field_{f}": sql_text(f, "trade_check") for f in FIELDS},
             "trades_topic": s.topic_trades,
