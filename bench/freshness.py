@@ -229,6 +229,31 @@ def committed(s: Settings, group: str, topic: str) -> int:
         c.close()
 
 
+def cpu_seconds(pids: dict[str, int | None]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each named process and its children
+    (a job's JVM and Python UDF workers are children of its ``candleflow`` process); also
+    ``sender`` (this process alone) and ``all`` (this process and all its children: every
+    process of the run)."""
+    import psutil
+
+    me = psutil.Process()
+    t = me.cpu_times()
+    out: dict[str, float] = {"sender": t.user + t.system}
+    for name, pid in {**pids, "all": me.pid}.items():
+        total = 0.0
+        try:
+            root = psutil.Process(pid) if pid else None
+            tree = [root, *root.children(recursive=True)] if root else []
+        except psutil.NoSuchProcess:
+            tree = []
+        for q in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                t = q.cpu_times()
+                total += t.user + t.system
+        out[name] = total
+    return out
+
+
 # ----------------------------------------------------------------------------- scoring
 def pcts(x: list[float]) -> dict[str, float | int | None]:
     if not x:
@@ -381,8 +406,15 @@ def main(argv: list[str] | None = None) -> None:
         res["start_to_ready_s"] = round(w_b - t_start, 1)
         print(f"pipeline ready after {w_b - t_start:.1f} s ({n:,} warm-up trades)", flush=True)
         sender.run(min(rates), args.settle_s)  # settle at the lowest rate
+        pids = {
+            "broker": broker.pid(),
+            "redis": redis.pid(),
+            **{name: p.pid for name, p in procs.items()},
+        }
         for r in rates:
+            cpu0 = cpu_seconds(pids)
             a, b, n = sender.run(r, args.step_s)
+            cpu1 = cpu_seconds(pids)
             achieved = n / (b - a)
             steps.append(
                 {
@@ -391,9 +423,15 @@ def main(argv: list[str] | None = None) -> None:
                     "start_wall": a,
                     "end_wall": b,
                     "trades_sent": n,
+                    # share of one core per process tree over the step (2 cores = 200)
+                    "cpu_percent": {k: round(100 * (cpu1[k] - cpu0[k]) / (b - a), 1) for k in cpu1},
                 }
             )
-            print(f"rate {r:,.0f}/s: sent {n:,} in {b - a:.1f} s ({achieved:,.0f}/s)", flush=True)
+            print(
+                f"rate {r:,.0f}/s: sent {n:,} in {b - a:.1f} s ({achieved:,.0f}/s); CPU %",
+                steps[-1]["cpu_percent"],
+                flush=True,
+            )
         sender.run(min(rates), 5.0)  # closes the last step's windows
         # drain: wait until the writer has caught up with the features topic (or 60 s)
         from confluent_kafka import Consumer, TopicPartition
