@@ -25,7 +25,6 @@ import argparse
 import http.client
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from bench.common import machine_info, write_report
+from jobs.procs import stop_tree
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -249,7 +249,7 @@ def serve(s: Any, tmp: Path, workers: int) -> tuple[subprocess.Popen[bytes], int
         if proc.poll() is not None:
             break
         time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
+    stop_tree(proc, 0)
     raise RuntimeError((tmp / f"serve-{workers}.log").read_text()[-3000:])
 
 
@@ -308,8 +308,7 @@ def main() -> None:
                     res[f"http_workers_{w}"] = http_cases(port, names, args)
                     print(w, json.dumps(res[f"http_workers_{w}"]), flush=True)
                 finally:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(30)
+                    stop_tree(proc, 30)  # the arbiter and its workers
         finally:
             redis.stop()
     report = {

@@ -118,8 +118,10 @@ class PredictFunction(ScalarFunction):
         circuit_open_s: float,
         schedule: list[dict[str, Any]],
         features: Sequence[str],
+        admin_token: str | None = None,
     ) -> None:
         self.url = url
+        self.admin_token = admin_token  # for a schedule's per-item models (/score)
         self.timeout_s = timeout_s
         self.retries = retries
         self.circuit_open_s = circuit_open_s
@@ -136,6 +138,7 @@ class PredictFunction(ScalarFunction):
             self.circuit_open_s,
             self.schedule,
             self.features,
+            admin_token=self.admin_token,
         )
 
     def close(self) -> None:
@@ -170,6 +173,10 @@ def predict_udf(
         settings.predict_circuit_open_s,
         schedule,
         features,
+        # only a schedule names models per item, which needs the admin token
+        settings.serving_admin_token.get_secret_value()
+        if schedule and settings.serving_admin_token
+        else None,
     )
     return udf(fn, result_type=prediction_result_type(), func_type="pandas")
 

@@ -47,9 +47,11 @@ from tenacity import (
     wait_exponential,
 )
 
+from udfs.contract import MAX_ITEMS  # /score's max_length of "items"
+
 log = logging.getLogger(__name__)
 
-MAX_ITEMS = 4096  # /score's max_length of "items"
+
 OK, REFUSED, DEGRADED = "ok", "refused", "degraded"
 CLASSES = ("down", "flat", "up")
 # the columns score() returns, with their pandas dtypes (the UDF's result ROW, in order)
@@ -184,6 +186,7 @@ class PredictClient:
         backoff_s: float = 0.1,
         max_backoff_s: float = 2.0,
         max_items: int = MAX_ITEMS,
+        admin_token: str | None = None,
     ) -> None:
         if features is None:
             from jobs.train import FEATURES
@@ -210,6 +213,8 @@ class PredictClient:
         self.last_error: str | None = None
         self.stats = {"calls": 0, "failed_calls": 0, "retries": 0, "short_circuited": 0}
         self._session: Any = None
+        # a schedule's per-item models need `Authorization: Bearer <token>` (/score)
+        self._headers = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
 
     # ------------------------------------------------------------------ HTTP
     @property
@@ -219,6 +224,7 @@ class PredictClient:
             import requests
 
             self._session = requests.Session()
+            self._session.headers.update(self._headers)
         return self._session
 
     def close(self) -> None:

@@ -114,10 +114,17 @@ def load_model(tag: str) -> LoadedModel:
 
 
 def resolve_tag(tag: str) -> str:
-    """``name:latest`` -> the concrete tag in the store now."""
+    """``name:latest`` -> the concrete tag in the store now (``ModelNotFound`` if there is
+    none, ``ValueError`` for a tag BentoML cannot parse, e.g. ``.``, ``a.`` or ``x-``)."""
     import bentoml
+    from bentoml.exceptions import BentoMLException, NotFound
 
-    return str(bentoml.models.get(tag).tag)
+    try:
+        return str(bentoml.models.get(tag).tag)
+    except NotFound as e:
+        raise ModelNotFound(f"model {tag!r} not in the BentoML model store: {e}") from e
+    except BentoMLException as e:
+        raise ValueError(f"invalid model tag {tag!r}: {e}") from e
 
 
 def service_features(service: FeatureService) -> tuple[str, ...]:
@@ -163,7 +170,12 @@ class PredictorCore:
         import redis
 
         self._redis = redis.Redis(
-            host=settings.redis_host, port=settings.redis_port, socket_timeout=1
+            host=settings.redis_host,
+            port=settings.redis_port,
+            password=settings.redis_password.get_secret_value()
+            if settings.redis_password
+            else None,
+            socket_timeout=1,
         )
 
     def _checked(self, tag: str) -> LoadedModel:
@@ -392,9 +404,13 @@ class PredictorCore:
         for tag, idx in groups.items():
             try:
                 model = self.model_for(tag)
-            except (ModelNotFound, ValueError) as e:
+            except ModelNotFound as e:
                 for i in idx:
                     out[i] = Refused(404, "unknown_model", str(e))
+                continue
+            except ValueError as e:  # a tag BentoML cannot parse
+                for i in idx:
+                    out[i] = Refused(422, "bad_model_tag", str(e))
                 continue
             except FeatureMismatch as e:
                 for i in idx:

@@ -6,13 +6,18 @@
 
 Settings come from ``CANDLEFLOW_*`` (infra/settings.py): Redis host/port, Feast project and
 registry, ``SERVING_MODEL_TAG`` (default ``MODEL_NAME:latest``), ``SERVING_MAX_DELAY_S``,
-``SERVING_MODEL_POLL_S``, ``SERVING_WORKERS``; the model store is ``$BENTOML_HOME``.
+``SERVING_MODEL_POLL_S``, ``SERVING_WORKERS``, ``SERVING_HOST`` (default 127.0.0.1) and
+``SERVING_PORT`` (3000; ``bentoml serve --host/--port`` override them),
+``SERVING_ADMIN_TOKEN`` (model administration, below); the model store is ``$BENTOML_HOME``.
 
 Endpoints (all POST, JSON): ``/predict`` (one or many symbols of one timeframe; all or
 nothing), ``/predict_batch`` (adaptive batching; per-item result or error), ``/score``
 (feature vectors given by the caller, optional model per item: the strategy job and
 walk-forward backtests), ``/reload`` (swap in a new model without downtime), ``/model``
-(tag + metadata).
+(tag + metadata). Model administration, i.e. ``/reload`` and a ``model`` named in a
+``/score`` item, needs ``Authorization: Bearer $CANDLEFLOW_SERVING_ADMIN_TOKEN`` (401
+without it, 403 when no token is configured). ``/score`` and ``/predict_batch`` take at most
+``MAX_ITEMS`` items (413 above that).
 BentoML adds ``GET /readyz`` (calls ``__is_ready__``: model loaded and Redis answers),
 ``/livez``, ``/metrics`` (Prometheus) and ``/docs.json`` (OpenAPI).
 """
@@ -36,7 +41,9 @@ from bentos.predictor.core import (
     ScoreItem,
     Unavailable,
 )
+from bentos.predictor.guard import BatchLimit, admin_refusal, header
 from infra.settings import get_settings
+from udfs.contract import MAX_BODY_BYTES, MAX_ITEMS
 
 log = logging.getLogger("candleflow.predictor")
 SETTINGS = get_settings()
@@ -89,6 +96,7 @@ def _error(ctx: bentoml.Context, status: int, reason: str, message: str) -> dict
     name="candleflow-predictor",
     workers=SETTINGS.serving_workers,
     traffic={"timeout": 30},
+    http={"host": SETTINGS.serving_host, "port": SETTINGS.serving_port},
 )
 class Predictor:
     def __init__(self) -> None:
@@ -169,15 +177,22 @@ class Predictor:
     @bentoml.api(route="/score")
     def score(
         self,
-        items: Annotated[list[ScoreRequestItem], Field(min_length=1, max_length=4096)],
+        items: Annotated[list[ScoreRequestItem], Field(min_length=1, max_length=MAX_ITEMS)],
+        ctx: bentoml.Context = None,  # type: ignore[assignment]
     ) -> dict[str, Any]:
         """Probabilities for feature vectors sent by the caller (the strategy job scores the
         rows of its `features` stream; backtests name a walk-forward model per item).
 
         Per item: a result (``model_tag``, ``probabilities``, ``signal``) or ``{"error":
-        {"status", "reason", "message"}}``: 404 unknown_model, 400 missing_features,
-        409 not_ready / lookahead / feature_mismatch. No Redis involved.
+        {"status", "reason", "message"}}``: 404 unknown_model, 422 bad_model_tag, 400
+        missing_features, 409 not_ready / lookahead / feature_mismatch, 401/403 when an item
+        names a model without the admin token. No Redis involved.
         """
+        denied = None
+        if any(it.model for it in items):
+            denied = admin_refusal(
+                SETTINGS.serving_admin_token, header(ctx.request.headers, "authorization")
+            )
         out = self.core.score(
             [
                 ScoreItem(
@@ -185,11 +200,13 @@ class Predictor:
                     it.timeframe,
                     it.bar_end_ms,
                     {k: None if v is None else float(v) for k, v in it.features.items()},
-                    it.model or None,
+                    None if denied else it.model or None,
                 )
                 for it in items
             ]
         )
+        if denied:
+            out = [Refused(*denied) if it.model else r for it, r in zip(items, out, strict=True)]
         results: list[dict[str, Any]] = []
         for it, r in zip(items, out, strict=True):
             if isinstance(r, Refused):
@@ -215,7 +232,13 @@ class Predictor:
     ) -> dict[str, Any]:
         """Load a model from the store (default: the configured tag, e.g. ``name:latest``),
         check its features and swap it in; in-flight requests finish on the old one.
-        404: no such model; 409: its features differ (the old model keeps serving)."""
+        404: no such model; 409: its features differ (the old model keeps serving); 401/403:
+        no or a wrong admin token (see the module docstring)."""
+        denied = admin_refusal(
+            SETTINGS.serving_admin_token, header(ctx.request.headers, "authorization")
+        )
+        if denied:
+            return _error(ctx, denied[0], denied[1], denied[2])
         try:
             return self.core.reload(tag or None)
         except ModelNotFound as e:
@@ -236,3 +259,13 @@ class Predictor:
             "classes": list(m.classes),
             **{k: m.metadata.get(k) for k in keep},
         }
+
+
+# BentoML does not bound the request list of an adaptive-batching endpoint (200,000 items
+# were queued, then answered 503 after 3.8 s while other clients stalled): refuse first
+Predictor.add_asgi_middleware(  # type: ignore[attr-defined]
+    BatchLimit,
+    paths=("/predict_batch", "/score"),
+    max_items=MAX_ITEMS,
+    max_bytes=MAX_BODY_BYTES,
+)

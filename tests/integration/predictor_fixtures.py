@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -38,6 +37,8 @@ from infra.settings import REPO_ROOT, Settings
 SERVICE_TARGET = "service:Predictor"
 SERVICE_DIR = REPO_ROOT / "bentos" / "predictor"
 _BENTOML_HOME: Path | None = None
+# the model-administration token of the test servers (CANDLEFLOW_SERVING_ADMIN_TOKEN)
+ADMIN_TOKEN = "test-admin-token-0123456789"
 
 
 @dataclass
@@ -53,13 +54,16 @@ class Env:
     rows: pd.DataFrame | None = None  # the feature rows the model was trained on
 
 
-def post(port: int, route: str, body: Any, raw: bytes | None = None) -> tuple[int, Any]:
+def post(
+    port: int, route: str, body: Any, raw: bytes | None = None, token: str | None = None
+) -> tuple[int, Any]:
+    """POST JSON; ``token``: as ``Authorization: Bearer`` (model administration)."""
     data = raw if raw is not None else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json"}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(
-        f"http://127.0.0.1:{port}{route}",
-        data=data,
-        headers={"Content-Type": "application/json"},
-        method="POST",
+        f"http://127.0.0.1:{port}{route}", data=data, headers=headers, method="POST"
     )
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
@@ -142,6 +146,7 @@ def train_env(
         "CANDLEFLOW_REDIS_PORT": str(redis.port),
         "CANDLEFLOW_MODEL_NAME": s.model_name,
         "CANDLEFLOW_SERVING_MODEL_POLL_S": "1",
+        "CANDLEFLOW_SERVING_ADMIN_TOKEN": ADMIN_TOKEN,
     }
     return Env(s, client, redis, home, res.tag, res.report_dir, res.report, proc_env, rows)
 
@@ -196,15 +201,13 @@ class BentoServer:
         return time.monotonic() - t0
 
     def stop(self) -> None:
-        """SIGTERM the process group (SIGKILL after 15 s)."""
+        """SIGTERM the process group, then SIGKILL whatever of its tree is left after 15 s
+        (jobs.procs.stop_tree: no orphaned worker keeps the port)."""
+        from jobs.procs import stop_tree
+
         proc = self.proc
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        if proc is not None:
+            stop_tree(proc, 15)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -30,6 +30,7 @@ from infra.local import RedisServer, free_port
 from infra.settings import REPO_ROOT
 from tests.conftest import CANDLES_CSV
 from tests.integration.predictor_fixtures import (
+    ADMIN_TOKEN,
     Env,
     serving,
     train_env,
@@ -344,7 +345,8 @@ def test_http_score_equals_inplace_predict(env: Env, server: int) -> None:
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-7)
     assert {r["model_tag"] for r in body["results"]} == {env.tag}
     early = dict(items[0], bar_end_ms=end - 60_000)
-    status, body = _post(server, "/score", {"items": [early, {**items[0], "model": "x:y"}]})
+    two = {"items": [early, {**items[0], "model": "x:y"}]}
+    status, body = _post(server, "/score", two, token=ADMIN_TOKEN)
     assert status == 200
     assert [r["error"]["reason"] for r in body["results"]] == ["lookahead", "unknown_model"]
     assert "walk-forward" in body["results"][0]["error"]["message"]
@@ -391,15 +393,59 @@ def test_http_batch_endpoint(env: Env, server: int) -> None:
         ("/predict_batch", {"items": "x"}, 400),
         ("/reload", {"tag": "no_such_model:latest"}, 404),
         ("/reload", {"tag": "bad tag !"}, 400),
+        ("/reload", {"tag": "."}, 400),
+        ("/reload", {"tag": "x-"}, 400),
     ],
 )
 def test_http_refusals_and_bad_input(server: int, route: str, payload: Any, status: int) -> None:
-    got, body = _post(server, route, payload)
+    got, body = _post(server, route, payload, token=ADMIN_TOKEN)
     assert got == status, body
     if status != 400:  # ours: {"error", "reason"}; 400 from validation: BentoML's body
         assert body["error"] and body["reason"], body
     else:
         assert "error" in str(body)
+
+
+def test_http_model_administration_needs_the_token(env: Env, server: int) -> None:
+    """/reload and a per-item model in /score need the bearer token (401 without it); an
+    item naming a model BentoML cannot parse or does not have fails alone (422/404),
+    never the request and never with a 5xx."""
+    from bentos.predictor.core import PredictorCore, knowledge_end_ms
+
+    for token in (None, "wrong-token"):
+        got, body = _post(server, "/reload", {}, token=token)
+        assert got == 401 and body["reason"] == "unauthorized", body
+    end = knowledge_end_ms(PredictorCore(env.settings, env.client).model)
+    assert end is not None
+    items, _ = score_items(env)
+    good = dict(items[0], bar_end_ms=end + 60_000)
+    named = dict(good, model=env.tag)
+    status, body = _post(server, "/score", {"items": [good, named]})
+    assert status == 200, body
+    assert "probabilities" in body["results"][0]
+    assert body["results"][1]["error"]["status"] == 401, body
+    bad_tags = [".", "..", "-", "_", "a.", "x-", "nosuchmodel", "nosuchmodel:v1"]
+    batch = [good] + [dict(good, model=t) for t in bad_tags]
+    status, body = _post(server, "/score", {"items": batch}, token=ADMIN_TOKEN)
+    assert status == 200, body
+    assert "probabilities" in body["results"][0]
+    got = {t: r["error"]["status"] for t, r in zip(bad_tags, body["results"][1:], strict=True)}
+    assert set(got.values()) <= {404, 422} and got["nosuchmodel"] == 404, got
+    status, body = _post(server, "/score", {"items": [named]}, token=ADMIN_TOKEN)
+    assert status == 200 and body["results"][0]["model_tag"] == env.tag, body
+
+
+def test_http_item_limits_are_413(server: int) -> None:
+    from udfs.contract import MAX_ITEMS
+
+    many = [{"symbol": "BTCUSDT"}] * (MAX_ITEMS + 1)
+    got, body = _post(server, "/predict_batch", {"items": many})
+    assert got == 413 and body["reason"] == "too_many_items", body
+    assert f"{MAX_ITEMS + 1:,} items" in body["error"]
+    got, body = _post(server, "/predict_batch", {"items": [{"symbol": "BTCUSDT"}] * 200_000})
+    assert got == 413, body
+    got, body = _post(server, "/predict", {"symbols": ["BTCUSDT"]})  # still serving
+    assert got == 200, body
 
 
 def test_http_malformed_json_is_400(server: int) -> None:
@@ -428,7 +474,7 @@ def test_http_picks_up_a_new_model(env: Env, server: int) -> None:
     booster = bentoml.xgboost.load_model(env.tag)
     meta = dict(bentoml.models.get(env.tag).info.metadata)
     new = save_booster(env.settings.model_name, booster, metadata=meta)
-    status, body = _post(server, "/reload", {})
+    status, body = _post(server, "/reload", {}, token=ADMIN_TOKEN)
     assert status == 200, body
     assert body["model_tag"] == str(new.tag)
     status, body = _post(server, "/predict", {"symbols": ["BTCUSDT"]})
