@@ -85,6 +85,7 @@ YAML_VARS = (
     "CANDLEFLOW_FEAST_DIR",
     "CANDLEFLOW_REDIS_HOST",
     "CANDLEFLOW_REDIS_PORT",
+    "CANDLEFLOW_REDIS_AUTH",
 )
 
 
@@ -101,6 +102,12 @@ def feast_env(settings: Settings) -> dict[str, str]:
         "CANDLEFLOW_FEAST_TTL_S": str(settings.feast_ttl_s),
         "CANDLEFLOW_REDIS_HOST": settings.redis_host,
         "CANDLEFLOW_REDIS_PORT": str(settings.redis_port),
+        # appended to feature_store.yaml's connection_string (Feast's "host:port,password=")
+        "CANDLEFLOW_REDIS_AUTH": (
+            f",password={settings.redis_password.get_secret_value()}"
+            if settings.redis_password
+            else ""
+        ),
     }
 
 

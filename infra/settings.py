@@ -36,14 +36,17 @@ class Settings(BaseSettings):
     topic_candles: str = "candles"
     topic_features: str = "features"
     topic_partitions: int = 1
-    # how long a Flink Kafka source's fetch may wait for data; Kafka answers as soon as data
-    # arrives, but Tansu holds the fetch this long (Kafka's 500 ms default = +250 ms mean
-    # latency per hop, bench/results/features.json); 50 ms costs ~20 idle fetches/s
+    # how long a fetch may wait for data (Flink Kafka sources and the writers' consumers);
+    # Kafka answers as soon as data arrives, but Tansu holds the fetch (Kafka's 500 ms
+    # default: +250 ms mean latency per hop in the Flink source, ~115 ms measured with
+    # librdkafka); 50 ms costs ~20 idle fetches/s
     kafka_fetch_max_wait_ms: int = Field(50, ge=0, le=10_000)
 
     # --- Redis --------------------------------------------------------------------------
     redis_host: str = "127.0.0.1"
     redis_port: int = 16379
+    # set: the local redis-server requires it (AUTH) and every client sends it
+    redis_password: SecretStr | None = Field(None, description="Redis AUTH password")
 
     # --- ClickHouse analytics store (infra/clickhouse.py) ---------------------------------
     # clickhouse://[user[:password]@]host:port/database (a server) or chdb://PATH (embedded
@@ -81,6 +84,10 @@ class Settings(BaseSettings):
     serving_model_poll_s: float = Field(30.0, ge=0, description="model store poll; 0 = off")
     serving_workers: int = Field(1, ge=1, description="bentoml serve worker processes")
     serving_max_symbols: int = Field(256, ge=1, description="max entities per request")
+    serving_host: str = Field("127.0.0.1", description="`bentoml serve` bind address")
+    # model administration (/reload, a model per /score item) needs `Authorization: Bearer
+    # <token>`; without a token set it is disabled (403)
+    serving_admin_token: SecretStr | None = Field(None, description="bearer token for /reload")
 
     # --- feature writer (jobs/feature_writer.py: `features` -> offline + Redis + ClickHouse)
     topic_features_dlq: str = "features_dlq"
@@ -127,6 +134,9 @@ class Settings(BaseSettings):
     watermark_emit: Literal["on-event", "on-periodic"] = "on-event"
     parallelism: int = Field(1, ge=1)
     flink_target: Literal["local", "cluster"] = "local"
+    # the local MiniCluster's REST/UI, RPC and BLOB servers listen here (Flink's default is
+    # every interface); a job submitted to a cluster does not change the cluster's binds
+    flink_bind_host: str = Field("127.0.0.1", description="local MiniCluster bind address")
     source_connector: Literal["kafka", "filesystem"] = "kafka"
     group_id: str = "candleflow-candles"
 
@@ -230,3 +240,54 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def mask_url(url: str) -> str:
+    """``scheme://user:secret@host/db?password=x`` -> the same with ``***`` for each secret."""
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}:***@{hostport}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        secret = ("password", "token", "secret")
+        query = urlencode([(k, "***" if k.lower() in secret else v) for k, v in pairs])
+    if netloc == parts.netloc and query == parts.query:
+        return url  # nothing to mask (urlunsplit would also drop an empty "//" netloc)
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def secret_values(s: Settings, min_len: int = 8) -> list[str]:
+    """Every secret the settings hold (passwords, tokens, a URL's password) of at least
+    ``min_len`` characters: shorter ones (the local default Grafana password ``admin``)
+    would also blank ordinary words; URLs are masked by :func:`mask_url` whatever their
+    length."""
+    from urllib.parse import urlsplit
+
+    found: list[str] = []
+    for value in s.__dict__.values():
+        if isinstance(value, SecretStr) and value.get_secret_value():
+            found.append(value.get_secret_value())
+    for url in (s.clickhouse_url, s.grafana_clickhouse_url):
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+        if password:
+            found.append(password)
+    return sorted({f for f in found if len(f) >= min_len}, key=len, reverse=True)
+
+
+def redact(text: str, s: Settings) -> str:
+    """``text`` with every secret of ``s`` replaced by ``***`` (for output and reports)."""
+    for secret in secret_values(s):
+        text = text.replace(secret, "***")
+    return text

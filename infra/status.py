@@ -228,10 +228,10 @@ def freshness(s: Settings, minutes: float = 15.0) -> dict[str, Any]:
     """Per stage (and timeframe): last window end ever seen, and count / p50 / p99 / max of
     ``lag_ms`` over the last ``minutes`` of observations (``pipeline_freshness``)."""
     from infra.clickhouse import connect
+    from infra.settings import mask_url
 
-    url = s.clickhouse_url
-    parts = urlsplit(url)
-    where = url
+    parts = urlsplit(s.clickhouse_url)
+    url = where = mask_url(s.clickhouse_url)
     if parts.scheme == "chdb":
         from pathlib import Path
 
@@ -245,7 +245,7 @@ def freshness(s: Settings, minutes: float = 15.0) -> dict[str, Any]:
         if not port_open(host, port, timeout=1.0):
             return {"state": f"not running (nothing on {host}:{port})", "url": url}
     try:
-        store = connect(url)
+        store = connect(s.clickhouse_url)
     except Exception as e:
         return {"state": f"unreachable ({_err(e)})", "url": where}
     try:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
+import secrets
 import subprocess
 import sys
 import time
@@ -40,8 +40,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import SecretStr
 
-from infra.settings import REPO_ROOT, Settings
+from infra.settings import REPO_ROOT, Settings, mask_url, redact
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -216,6 +217,10 @@ def serve(settings: Settings, bentoml_home: Path, tag: str, log_path: Path) -> I
         "CANDLEFLOW_SERVING_MODEL_TAG": tag,
         "CANDLEFLOW_SERVING_MODEL_POLL_S": "0",
     }
+    if settings.redis_password is not None:
+        env["CANDLEFLOW_REDIS_PASSWORD"] = settings.redis_password.get_secret_value()
+    if settings.serving_admin_token is not None:  # the schedule names a model per bar
+        env["CANDLEFLOW_SERVING_ADMIN_TOKEN"] = settings.serving_admin_token.get_secret_value()
     out = open(log_path, "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [
@@ -255,13 +260,9 @@ def serve(settings: Settings, bentoml_home: Path, tag: str, log_path: Path) -> I
             time.sleep(0.5)
         yield url
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        from jobs.procs import stop_tree
+
+        stop_tree(proc)  # the arbiter and every worker it forked
         out.close()
 
 
@@ -395,6 +396,9 @@ def run_backtest(
     t0 = time.monotonic()
     strategy_file = run_dir / "strategy.json"
     strategy_file.write_text(scfg.model_dump_json(indent=1))
+    # walk-forward: each /score item names its model, which needs the admin token; a fresh
+    # one per run, known only to this service and this strategy job
+    s = s.model_copy(update={"serving_admin_token": SecretStr(secrets.token_urlsafe(24))})
     with serve(s, bentoml_home, schedule[0]["tag"], run_dir / "bentoml.log") as url:
         timed("serve_start", t0)
         stage("6/8 strategy job (predictions via /score, strategy + paper broker, bounded)")
@@ -455,7 +459,7 @@ def run_backtest(
                 "fills": len(fills),
                 "equity_rows": len(equity),
             },
-            "clickhouse": {"url": s.clickhouse_url, **trading},
+            "clickhouse": {"url": mask_url(s.clickhouse_url), **trading},
             "topics": topics,
             "timings_s": timings,
             **({"serving_check": serving_check} if serving_check is not None else {}),
@@ -465,7 +469,7 @@ def run_backtest(
     report["timings_s"] = timings
     report["seconds"] = round(time.monotonic() - t_run, 1)
     report["candles_per_s"] = round(len(klines) / report["seconds"], 1)
-    (run_dir / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    (run_dir / "report.json").write_text(redact(json.dumps(report, indent=1, default=str), s))
     return BacktestResult(cfg.run_id, run_dir, report, orders, fills, equity, preds, bars)
 
 

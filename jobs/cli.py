@@ -109,6 +109,8 @@ def up(
 
     Ports and the state folder come from settings (CANDLEFLOW_KAFKA_BOOTSTRAP,
     CANDLEFLOW_REDIS_PORT, CANDLEFLOW_STATE_DIR; CANDLEFLOW_CLICKHOUSE_PORT/_HTTP_PORT).
+    The local broker keeps its topics in memory: a restart loses them (use a real Kafka,
+    e.g. the compose stack, for data that must survive it).
     """
     from infra.kafka import ensure_topics
     from infra.local import ServiceError, clickhouse_service, local_stack
@@ -117,6 +119,10 @@ def up(
     try:
         for svc in local_stack(s):
             console.print(svc.start())
+        console.print(
+            "[yellow]note:[/] the local broker keeps topics and committed offsets in memory; "
+            "stopping it loses them (acknowledged but unconsumed messages too)"
+        )
         if clickhouse:
             ch = clickhouse_service(s)
             console.print(ch.start())
@@ -159,9 +165,12 @@ def status(
     """Local services, topics + consumer-group lag, Flink cluster jobs, pipeline freshness.
 
     Every section says "not running"/"unreachable" when its service is down."""
+    from infra.settings import redact
     from infra.status import collect, render
 
-    report = collect(get_settings(), minutes)
+    settings = get_settings()
+    # no password or token of the settings ever reaches the output, in a URL or an error
+    report = json.loads(redact(json.dumps(collect(settings, minutes)), settings))
     if as_json:
         print(json.dumps(report, indent=2))
         return

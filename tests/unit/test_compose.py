@@ -225,3 +225,12 @@ def test_readme_documents_the_stack() -> None:
     assert "## Docker Compose (full stack)" in readme
     assert "candleflow submit" in readme
     assert Path(COMPOSE).name in readme
+
+
+def test_every_variable_is_required() -> None:
+    """`${VAR:?message}`: a missing .env stops `docker compose` with the variable's name
+    instead of starting services with blank credentials (a plain `${VAR}` only warns)."""
+    refs = re.findall(r"\$\{[^}]*\}", COMPOSE.read_text())
+    assert refs
+    loose = [r for r in refs if ":?" not in r]
+    assert not loose, f"make these required (${{VAR:?...}}): {loose}"

@@ -1,0 +1,41 @@
+"""The local Redis with a password (``CANDLEFLOW_REDIS_PASSWORD``): the server requires it,
+and the project's clients (health check, Feast online store, the predictor) send it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+from pydantic import SecretStr
+
+from infra.feature_store import feast_env
+from infra.local import RedisServer, free_port, local_stack
+from infra.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def test_redis_with_a_password_refuses_clients_without_it(tmp_path: Path) -> None:
+    s = Settings(state_dir=tmp_path, redis_port=free_port(), redis_password=SecretStr("pw-1234567"))
+    (server,) = [svc for svc in local_stack(s) if isinstance(svc, RedisServer)]
+    assert "pw-1234567" not in repr(server)
+    print(server.start())
+    try:
+        assert server.healthy()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host=server.host, port=server.port).set("k", "v")
+        ok = redis.Redis(host=server.host, port=server.port, password="pw-1234567")
+        assert ok.set("k", "v") and ok.get("k") == b"v"
+        # Feast's connection string carries it (feature_store.yaml: host:port,password=...)
+        assert feast_env(s)["CANDLEFLOW_REDIS_AUTH"] == ",password=pw-1234567"
+        from infra.feature_store import FeatureStoreClient
+
+        client = FeatureStoreClient(s.model_copy(update={"feast_dir": tmp_path / "feast"}))
+        client.apply()
+        # an online read goes to Redis: it would raise AuthenticationError without AUTH
+        got = client.online_features(["BTCUSDT"], "1m", ["candles:close"])
+        assert len(got) == 1 and got["close"].isna().all()
+        assert feast_env(Settings(state_dir=tmp_path))["CANDLEFLOW_REDIS_AUTH"] == ""
+    finally:
+        server.stop()
