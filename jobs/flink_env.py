@@ -45,6 +45,17 @@ def flink_python_jar() -> list[str]:
     return [found[-1].resolve().as_uri()] if found else []
 
 
+def bind_options(settings: Settings) -> dict[str, str]:
+    """Where a local MiniCluster listens: REST/UI, RPC and the BLOB server (which binds to
+    the JobManager's bind host) on ``flink_bind_host`` instead of every interface."""
+    host = settings.flink_bind_host
+    return {
+        "rest.bind-address": host,
+        "jobmanager.bind-host": host,
+        "taskmanager.bind-host": host,
+    }
+
+
 def checkpoint_config(settings: Settings, restore_path: str | None = None) -> dict[str, str]:
     """Flink options for checkpoints, restarts and savepoints from the settings.
 
@@ -74,34 +85,63 @@ def checkpoint_config(settings: Settings, restore_path: str | None = None) -> di
     return out
 
 
-def table_env(settings: Settings, job_name: str, *, config: dict[str, str] | None = None):
-    """A streaming TableEnvironment. Local MiniCluster unless run under ``flink run``."""
+def flink_options(
+    settings: Settings,
+    job_name: str,
+    *,
+    checkpointing: bool = True,
+    restore_path: str | None = None,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Every Flink option of a candleflow job, the one place they are made: UTC, jars,
+    parallelism, the Python executable and UDF bundles, the MiniCluster binds and (with
+    ``checkpointing``) :func:`checkpoint_config`; ``extra`` last (a job's own overrides)."""
+    s = settings
+    base = {
+        "table.local-time-zone": "UTC",
+        "pipeline.name": job_name,
+        "pipeline.jars": ";".join([pipeline_jars(s.jars_dir), *flink_python_jar()]),
+        "parallelism.default": str(s.parallelism),
+        "python.executable": s.flink_python_executable or sys.executable,
+        "python.client.executable": sys.executable,
+        "pipeline.auto-watermark-interval": f"{s.watermark_interval_ms} ms",
+        "python.execution-mode": s.python_execution_mode,
+        "python.fn-execution.bundle.size": str(s.python_bundle_size),
+        "python.fn-execution.bundle.time": str(s.python_bundle_time_ms),
+        "python.fn-execution.arrow.batch.size": str(
+            min(s.python_arrow_batch_size, s.python_bundle_size)
+        ),
+        **bind_options(s),
+    }
+    if restore_path and not checkpointing:
+        raise ValueError(f"{job_name}: resuming from a savepoint needs a checkpointed job")
+    if checkpointing:
+        base |= checkpoint_config(s, restore_path)
+    return base | (extra or {})
+
+
+def prepare_process(settings: Settings) -> None:
+    """What must be set before the JVM starts: the log dir (else logs go to
+    site-packages) and, in thread mode, the embedded Python's path."""
     log_dir = settings.logs_dir / "flink"
     log_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("FLINK_LOG_DIR", str(log_dir))  # else logs go to site-packages
+    os.environ.setdefault("FLINK_LOG_DIR", str(log_dir))
     if settings.python_execution_mode == "thread":
         _python_path_for_thread_mode()
+
+
+def table_env(settings: Settings, job_name: str, *, options: dict[str, str] | None = None):
+    """A streaming TableEnvironment with ``options`` (default: :func:`flink_options`
+    without checkpoints). Local MiniCluster unless run under ``flink run``."""
+    if options is None:
+        options = flink_options(settings, job_name, checkpointing=False)
+    prepare_process(settings)
     t0 = time.monotonic()
     from pyflink.table import EnvironmentSettings, TableEnvironment
 
     t_env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
     conf = t_env.get_config()
-    base = {
-        "table.local-time-zone": "UTC",
-        "pipeline.name": job_name,
-        "pipeline.jars": ";".join([pipeline_jars(settings.jars_dir), *flink_python_jar()]),
-        "parallelism.default": str(settings.parallelism),
-        "python.executable": settings.flink_python_executable or sys.executable,
-        "python.client.executable": sys.executable,
-        "pipeline.auto-watermark-interval": f"{settings.watermark_interval_ms} ms",
-        "python.execution-mode": settings.python_execution_mode,
-        "python.fn-execution.bundle.size": str(settings.python_bundle_size),
-        "python.fn-execution.bundle.time": str(settings.python_bundle_time_ms),
-        "python.fn-execution.arrow.batch.size": str(
-            min(settings.python_arrow_batch_size, settings.python_bundle_size)
-        ),
-    }
-    for k, v in (base | (config or {})).items():
+    for k, v in options.items():
         conf.set(k, v)
     log.info("TableEnvironment ready in %.1fs (JVM start)", time.monotonic() - t0)
     return t_env
@@ -138,10 +178,10 @@ def submit_sql(
     from jobs.sqlfile import is_insert, load_statements
 
     t0 = time.monotonic()
-    if restore_path and not checkpointing:
-        raise ValueError(f"{job_name}: resuming from a savepoint needs a checkpointed job")
-    config = checkpoint_config(settings, restore_path) if checkpointing else None
-    t_env = table_env(settings, job_name, config=config)
+    options = flink_options(
+        settings, job_name, checkpointing=checkpointing, restore_path=restore_path
+    )
+    t_env = table_env(settings, job_name, options=options)
     jvm_s = time.monotonic() - t0
     for name, fn in (functions or {}).items():
         t_env.create_temporary_function(name, fn)

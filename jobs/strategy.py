@@ -13,7 +13,6 @@ Run it with ``candleflow strategy run`` or ``flink run -py jobs/strategy.py -- [
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -24,9 +23,8 @@ if __name__ == "__main__":  # under `flink run -py` only this file's folder is o
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from infra.connectors import Endpoints
-from infra.jars import pipeline_jars
 from infra.settings import Settings, get_settings
-from jobs.flink_env import JobHandle, flink_python_jar, job_main
+from jobs.flink_env import JobHandle, flink_options, job_main, prepare_process
 from udfs.predict_client import MAX_ITEMS
 
 log = logging.getLogger(__name__)
@@ -38,40 +36,33 @@ ACCOUNT_KEY = 0  # one account: every row goes to the same key (one operator ins
 SCORE_BATCH_ROWS = 1000
 
 
-def flink_config(settings: Settings, job_name: str) -> dict[str, str]:
-    """The project's execution settings (as jobs.flink_env.table_env sets them), with the
-    Arrow batch (= one /score call) capped at :data:`SCORE_BATCH_ROWS`."""
+def flink_config(
+    settings: Settings, job_name: str, restore_path: str | None = None
+) -> dict[str, str]:
+    """The project's options (:func:`jobs.flink_env.flink_options`: checkpointed, so the
+    account in ``ValueState`` survives a failure) with the Arrow batch (= one /score call)
+    capped at :data:`SCORE_BATCH_ROWS`."""
     s = settings
     bundle = min(s.python_arrow_batch_size, s.python_bundle_size, SCORE_BATCH_ROWS, MAX_ITEMS)
-    return {
-        "table.local-time-zone": "UTC",
-        "pipeline.name": job_name,
-        "pipeline.jars": ";".join([pipeline_jars(s.jars_dir), *flink_python_jar()]),
-        "parallelism.default": str(s.parallelism),
-        "python.executable": sys.executable,
-        "python.client.executable": sys.executable,
-        "pipeline.auto-watermark-interval": f"{s.watermark_interval_ms} ms",
-        "python.execution-mode": s.python_execution_mode,
-        "python.fn-execution.bundle.size": str(s.python_bundle_size),
-        "python.fn-execution.bundle.time": str(s.python_bundle_time_ms),
-        "python.fn-execution.arrow.batch.size": str(bundle),
-    }
+    return flink_options(
+        s,
+        job_name,
+        checkpointing=True,
+        restore_path=restore_path,
+        extra={"python.fn-execution.arrow.batch.size": str(bundle)},
+    )
 
 
-def stream_table_env(settings: Settings, job_name: str) -> tuple[Any, Any]:
+def stream_table_env(
+    settings: Settings, job_name: str, restore_path: str | None = None
+) -> tuple[Any, Any]:
     """A StreamExecutionEnvironment + StreamTableEnvironment configured the project's way."""
-    from jobs import flink_env
-
-    log_dir = settings.logs_dir / "flink"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("FLINK_LOG_DIR", str(log_dir))  # else logs go to site-packages
-    if settings.python_execution_mode == "thread":
-        flink_env._python_path_for_thread_mode()
+    prepare_process(settings)
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.table import StreamTableEnvironment
 
-    options = flink_config(settings, job_name)
+    options = flink_config(settings, job_name, restore_path)
     conf = Configuration()
     for k, v in options.items():
         conf.set_string(k, v)
@@ -145,11 +136,13 @@ def submit(
     job_name: str = "candleflow-strategy",
     from_ms: int | None = None,
     to_ms: int | None = None,
+    restore_path: str | None = None,
 ) -> JobHandle:
-    """Submit the job (``env.execute_async``); bars outside ``[from_ms, to_ms]`` (bar end,
-    inclusive; None = unbounded) are ignored (a backtest's range)."""
+    """Submit the job (``env.execute_async``), checkpointed; bars outside ``[from_ms,
+    to_ms]`` (bar end, inclusive; None = unbounded) are ignored (a backtest's range);
+    ``restore_path``: resume from a savepoint or retained checkpoint."""
     t0 = time.monotonic()
-    env, t_env = stream_table_env(endpoints.settings, job_name)
+    env, t_env = stream_table_env(endpoints.settings, job_name, restore_path)
     jvm_s = time.monotonic() - t0
     stmt_set = t_env.create_statement_set()
     for stmt in build(t_env, endpoints, from_ms, to_ms):

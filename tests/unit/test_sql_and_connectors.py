@@ -102,6 +102,30 @@ def test_checkpoint_config_from_settings(tmp_path) -> None:
     assert checkpoint_config(Settings(checkpoint_interval_ms=0)) == {}  # off
 
 
+def test_every_job_gets_its_options_from_flink_options(tmp_path) -> None:
+    """One options function: the SQL jobs and the strategy job (DataStream) get the same
+    checkpointing, Python executable and MiniCluster binds (127.0.0.1)."""
+    from jobs.flink_env import checkpoint_config, flink_options
+    from jobs.strategy import SCORE_BATCH_ROWS, flink_config
+
+    s = Settings(state_dir=tmp_path, flink_python_executable="/opt/py/bin/python")
+    sql_job = flink_options(s, "candles")
+    strategy = flink_config(s, "strategy", "file:///sp/1")
+    for conf in (sql_job, strategy):
+        assert conf["rest.bind-address"] == "127.0.0.1"
+        assert conf["jobmanager.bind-host"] == conf["taskmanager.bind-host"] == "127.0.0.1"
+        assert conf["python.executable"] == "/opt/py/bin/python"
+        assert checkpoint_config(s).items() <= conf.items()
+    assert strategy["execution.state-recovery.path"] == "file:///sp/1"
+    assert int(strategy["python.fn-execution.arrow.batch.size"]) <= SCORE_BATCH_ROWS
+    assert "execution.checkpointing.interval" not in flink_options(s, "x", checkpointing=False)
+    with pytest.raises(ValueError, match="checkpointed"):
+        flink_options(s, "x", checkpointing=False, restore_path="file:///sp/1")
+    assert flink_options(Settings(flink_bind_host="0.0.0.0"), "x")["rest.bind-address"] == (
+        "0.0.0.0"
+    )
+
+
 def test_flink_run_from_savepoint_command(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
 
