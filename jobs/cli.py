@@ -493,7 +493,13 @@ def candles_write(
         log_every_s=log_every,
         from_beginning=from_beginning,
     )
-    st = run_candles_writer(s, cfg)
+    from jobs.kafka_writer import BrokerReset
+
+    try:
+        st = run_candles_writer(s, cfg)
+    except BrokerReset as e:
+        _fail(str(e))
+        return
     console.print(
         f"wrote {st.rows:,} candles in {st.batches:,} batches; dead-lettered "
         f"{st.dead_lettered:,} -> {s.topic_candles_dlq}; committed {st.committed}"
@@ -534,7 +540,13 @@ def features_write(
         retry_timeout_s=retry_timeout,
         log_every_s=log_every,
     )
-    st = run_writer(s, cfg)
+    from jobs.kafka_writer import BrokerReset
+
+    try:
+        st = run_writer(s, cfg)
+    except BrokerReset as e:
+        _fail(str(e))
+        return
     console.print(
         f"wrote {st.rows:,} rows in {st.batches:,} batches; dead-lettered {st.dead_lettered:,} "
         f"-> {s.topic_features_dlq}; committed {st.committed}"
@@ -589,7 +601,13 @@ def trading_write(
         topic_kinds(s)
     except ValueError as e:
         _fail(str(e))
-    w = run_trading_writer(s, cfg)
+    from jobs.kafka_writer import BrokerReset
+
+    try:
+        w = run_trading_writer(s, cfg)
+    except BrokerReset as e:
+        _fail(str(e))
+        return
     st = w.stats
     console.print(
         f"wrote {st.rows:,} rows {w.rows_by_kind()} in {st.batches:,} batches; "

@@ -106,6 +106,11 @@ _ISO = re.compile(
 _ISO_FORMAT = "YYYY-MM-DDTHH:MM:SS[.fff][Z|+HH:MM]"
 
 
+def _safe_name(text: str) -> str:
+    """A group id as a file name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text) or "_"
+
+
 def ms_text(ms: int) -> str:
     """Epoch ms -> ``1970-01-01T00:00:00.000Z``."""
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
@@ -577,8 +582,19 @@ class WriterStats:
 
 
 # ----------------------------------------------------------------------------- writer
+class BrokerReset(RuntimeError):
+    """The broker no longer holds what this writer's group had reached: its committed
+    offsets are gone or its position is beyond the end of the log (a restart of the local
+    in-memory broker does this). Stopping beats silently starting over at offset 0."""
+
+
 class KafkaBatchWriter(ABC):
-    """Consume ``topics`` in micro-batches, dead-letter bad messages, write, then commit."""
+    """Consume ``topics`` in micro-batches, dead-letter bad messages, write, then commit.
+
+    The group's committed positions are also kept in ``STATE_DIR/writer-positions/<group>
+    .json``; a broker that lost them (or a log that now ends before them) stops the writer
+    with :class:`BrokerReset` instead of re-reading from offset 0 what is left.
+    """
 
     name: ClassVar[str] = "writer"  # in log lines and the Kafka client id
     detected_by: ClassVar[str] = "writer"  # in dead-letter records
@@ -596,6 +612,11 @@ class KafkaBatchWriter(ABC):
         self._stop = False
         self._assigned_at = 0.0
         self._rewound = False
+        self._fatal: BrokerReset | None = None
+        self._positions_file = (
+            settings.state_dir / "writer-positions" / f"{_safe_name(config.group_id)}.json"
+        )
+        self._positions: dict[str, int] = self._load_positions()
         self._last_msg_at = 0.0
         self._pause_s = float(os.environ.get(PAUSE_ENV, "0") or 0)
 
@@ -650,7 +671,10 @@ class KafkaBatchWriter(ABC):
                 "client.id": f"{self.name.replace(' ', '-')}-{os.getpid()}",
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
+                # no silent restart at 0 when the position is past the log's end (a broker
+                # that lost data): an error event, see _poll_batch; a partition without a
+                # commit starts at the beginning explicitly (_on_assign)
+                "auto.offset.reset": "error",
                 "session.timeout.ms": 6_000,
                 "heartbeat.interval.ms": 1_000,
                 "max.poll.interval.ms": 600_000,
@@ -674,14 +698,37 @@ class KafkaBatchWriter(ABC):
         )
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        from confluent_kafka import OFFSET_BEGINNING
+
         self._assigned_at = time.monotonic()
         if self.config.from_beginning and not self._rewound:
-            from confluent_kafka import OFFSET_BEGINNING
-
             for p in partitions:
                 p.offset = OFFSET_BEGINNING
             consumer.assign(partitions)
             self._rewound = True  # a later rebalance resumes from the commits
+        else:
+            try:
+                committed = consumer.committed(partitions, timeout=10)
+            except Exception as e:  # the broker is slow: use the commits as they are
+                log.warning("could not read committed offsets on assignment: %s", e)
+                committed = []
+            fresh = False
+            for p, c in zip(partitions, committed, strict=True):
+                key = f"{p.topic}[{p.partition}]"
+                known = self._positions.get(key, 0)
+                if known > 0 and (c.offset < 0 or c.offset < known):
+                    self._fatal = BrokerReset(
+                        f"{key}: this group had committed offset {known:,}, the broker now "
+                        f"has {'none' if c.offset < 0 else f'{c.offset:,}'}: it lost data "
+                        "(the local broker keeps topics in memory; a restart drops them). "
+                        f"Not starting over silently; to accept the loss, delete "
+                        f"{self._positions_file} or use another group id"
+                    )
+                if c.offset < 0:  # no commit yet: from the beginning
+                    p.offset = OFFSET_BEGINNING
+                    fresh = True
+            if fresh:
+                consumer.assign(partitions)
         log.info(
             "assigned %s%s",
             [f"{p.topic}[{p.partition}]" for p in partitions],
@@ -749,10 +796,28 @@ class KafkaBatchWriter(ABC):
             for m in msgs:
                 err = m.error()
                 if err is not None:
-                    if err.code() != KafkaError._PARTITION_EOF:
+                    key = f"{m.topic()}[{m.partition()}]"
+                    if err.code() == KafkaError._AUTO_OFFSET_RESET and not self._positions.get(
+                        key
+                    ):  # never committed here: a new group, start at the beginning
+                        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+                        self._consumer.seek(
+                            TopicPartition(m.topic(), m.partition(), OFFSET_BEGINNING)
+                        )
+                    elif err.code() == KafkaError._AUTO_OFFSET_RESET:
+                        self._fatal = BrokerReset(
+                            f"{m.topic()}[{m.partition()}]: {err.str()}: the position is "
+                            "beyond the end of the log, so the broker lost messages (the "
+                            "local broker keeps topics in memory; a restart drops them)"
+                        )
+                    elif err.code() != KafkaError._PARTITION_EOF:
                         log.warning("consumer error: %s", err)
                     continue
                 self._add(batch, m)
+            if self._fatal is not None:
+                log.error("%s", self._fatal)
+                raise self._fatal
         return batch
 
     def _add(self, batch: Batch, m: Any) -> None:
@@ -900,11 +965,30 @@ class KafkaBatchWriter(ABC):
             self._consumer.commit(offsets=offsets, asynchronous=False)
             for (t, p), o in batch.next_offsets.items():
                 self.stats.committed.setdefault(t, {})[p] = o
+                self._positions[f"{t}[{p}]"] = o
+            self._save_positions()
         except KafkaException as e:
             # e.g. the group rebalanced during a long retry: the batch is written, a new
             # owner re-reads it from the last commit and re-writes it (idempotent)
             self.stats.commits_failed += 1
             log.warning("commit of %s failed (%s); the rows will be re-delivered", offsets, e)
+
+    def _load_positions(self) -> dict[str, int]:
+        try:
+            data = json.loads(self._positions_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def _save_positions(self) -> None:
+        path = self._positions_file
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self._positions, sort_keys=True))
+            tmp.replace(path)
+        except OSError as e:  # the positions are a safety net, not the commit itself
+            log.warning("could not record positions in %s: %s", path, e)
 
     # -- ClickHouse ----------------------------------------------------------------------
     def _connect(self) -> ClickHouseStore:

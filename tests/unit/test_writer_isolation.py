@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import struct
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -95,7 +97,9 @@ class Writer(KafkaBatchWriter):
     detected_by = "test_writer"
 
     def __init__(self, store: Store, **cfg: Any) -> None:
-        super().__init__(Settings(metrics_port=0), WriterConfig(group_id="g", **cfg), ["t"])
+        state = Path(tempfile.mkdtemp(prefix="writer-isolation-"))  # positions file
+        s = Settings(metrics_port=0, state_dir=state)
+        super().__init__(s, WriterConfig(group_id="g", **cfg), ["t"])
         self.store = store
         self._producer = Producer()
         self._consumer = Consumer()
