@@ -303,7 +303,7 @@ _CLICKHOUSE_USERS = """<?xml version="1.0"?>
     </profiles>
     <users>
         <default>
-            <password></password>
+            {password}
             <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
             <profile>default</profile>
             <quota>default</quota>
@@ -350,13 +350,19 @@ class ClickHouseServer(LocalService):
     name: str = "clickhouse"
     http_port: int = 18123
     threads: int = 2
+    # the ``default`` user's password (``CANDLEFLOW_CLICKHOUSE_PASSWORD``; stored as its
+    # SHA-256 in users.xml); None: no password, loopback only
+    password: str | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        return f"clickhouse://{self.host}:{self.port}/default"
+        return self.url_for("default")
 
     def url_for(self, database: str) -> str:
-        return f"clickhouse://{self.host}:{self.port}/{database}"
+        from urllib.parse import quote
+
+        auth = f"default:{quote(self.password, safe='')}@" if self.password else ""
+        return f"clickhouse://{auth}{self.host}:{self.port}/{database}"
 
     @property
     def config_file(self) -> Path:
@@ -365,7 +371,15 @@ class ClickHouseServer(LocalService):
     def command(self) -> list[str]:
         binary = clickhouse_server_binary()
         users = self.data_dir / "users.xml"
-        users.write_text(_CLICKHOUSE_USERS.format(threads=self.threads))
+        import hashlib
+
+        password = (
+            f"<password_sha256_hex>{hashlib.sha256(self.password.encode()).hexdigest()}"
+            "</password_sha256_hex>"
+            if self.password
+            else "<password></password>"
+        )
+        users.write_text(_CLICKHOUSE_USERS.format(threads=self.threads, password=password))
         self.config_file.write_text(
             _CLICKHOUSE_CONFIG.format(
                 logs=self.log_file.parent,
@@ -405,7 +419,10 @@ def clickhouse_service(settings: object | None = None) -> ClickHouseServer:
 
     s = settings if isinstance(settings, Settings) else get_settings()
     return ClickHouseServer(
-        port=s.clickhouse_port, http_port=s.clickhouse_http_port, state_dir=s.state_dir
+        port=s.clickhouse_port,
+        http_port=s.clickhouse_http_port,
+        state_dir=s.state_dir,
+        password=s.clickhouse_password.get_secret_value() if s.clickhouse_password else None,
     )
 
 

@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     clickhouse_url: str = ""
     clickhouse_port: int = 19000
     clickhouse_http_port: int = 18123
+    # set: the local server's `default` user requires it (put it in CLICKHOUSE_URL too)
+    clickhouse_password: SecretStr | None = Field(None, description="local server password")
 
     # --- Grafana (`candleflow grafana provision`, infra/grafana/) --------------------------
     # user + password (basic auth) or a service-account token; the two datasource URLs are

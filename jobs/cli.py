@@ -126,7 +126,10 @@ def up(
         if clickhouse:
             ch = clickhouse_service(s)
             console.print(ch.start())
-            console.print(f"use it: CANDLEFLOW_CLICKHOUSE_URL={ch.url_for('candleflow')}")
+            from infra.settings import mask_url
+
+            url = mask_url(ch.url_for("candleflow"))  # the password stays out of the output
+            console.print(f"use it: CANDLEFLOW_CLICKHOUSE_URL={url}")
     except ServiceError as e:
         _fail(str(e))
     ensure_topics(

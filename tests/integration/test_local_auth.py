@@ -39,3 +39,31 @@ def test_redis_with_a_password_refuses_clients_without_it(tmp_path: Path) -> Non
         assert feast_env(Settings(state_dir=tmp_path))["CANDLEFLOW_REDIS_AUTH"] == ""
     finally:
         server.stop()
+
+
+def test_local_clickhouse_with_a_password(tmp_path: Path) -> None:
+    from infra.clickhouse import connect
+    from infra.local import ClickHouseServer, clickhouse_service
+    from infra.settings import mask_url
+
+    s = Settings(
+        state_dir=tmp_path,
+        clickhouse_port=free_port(),
+        clickhouse_http_port=free_port(),
+        clickhouse_password=SecretStr("ch pass/1:x"),  # quoted into the URL
+    )
+    server = clickhouse_service(s)
+    assert isinstance(server, ClickHouseServer) and "ch pass" not in repr(server)
+    print(server.start())
+    try:
+        users = (server.data_dir / "users.xml").read_text()
+        assert "ch pass" not in users and "password_sha256_hex" in users
+        with connect(server.url) as store:
+            assert store.query("SELECT 1 AS one") == [{"one": 1}]
+        with pytest.raises(Exception, match=r"(?i)password|authentication"):
+            bare = f"clickhouse://{server.host}:{server.port}/default"
+            with connect(bare) as store:
+                store.query("SELECT 1")
+        assert "***" in mask_url(server.url) and "pass" not in mask_url(server.url)
+    finally:
+        server.stop()
