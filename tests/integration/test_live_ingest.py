@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
 
 import pytest
-from websockets.asyncio.server import serve
 
 from infra.kafka import read_all
 from jobs.ingest.live import run_live
 from jobs.ingest.replay import TradeSink
 from tests.conftest import make_settings
+from tests.integration.ws_server import Server
 
 pytestmark = pytest.mark.integration
 T0 = 1_700_000_000_000
@@ -90,21 +89,16 @@ NOISE = {
 }
 
 
-class FakeExchange:
+class FakeExchange(Server):
     """Connection 1: trades 1-5 then an abrupt drop. Connection 2: 4, 5 again (overlap),
     6, then 9, 10 (7 and 8 never sent: a gap), noise and one garbage message."""
 
     def __init__(self, exchange: str):
+        super().__init__(self.session)
         self.exchange = exchange
-        self.connections = 0
         self.subscriptions: list[dict] = []
-        self.port = 0
-        self._ready = threading.Event()
-        self._stop: asyncio.Future | None = None
 
-    async def handler(self, ws) -> None:
-        self.connections += 1
-        n = self.connections
+    async def session(self, ws, n: int) -> None:
         if self.exchange != "binance":
             self.subscriptions.append(json.loads(await ws.recv()))
         await ws.send(NOISE[self.exchange])
@@ -117,27 +111,6 @@ class FakeExchange:
             return
         await ws.send("{garbage")
         await asyncio.sleep(30)
-
-    def run(self) -> None:
-        async def main() -> None:
-            self._stop = asyncio.get_running_loop().create_future()
-            async with serve(self.handler, "127.0.0.1", 0) as server:
-                self.port = server.sockets[0].getsockname()[1]
-                self._ready.set()
-                await self._stop
-
-        self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(main())
-
-    def __enter__(self) -> FakeExchange:
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self._stop.set_result, None)  # type: ignore[union-attr]
-        self.thread.join(10)
 
 
 @pytest.fixture(params=["binance", "kraken", "coinbase"])

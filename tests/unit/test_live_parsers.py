@@ -9,10 +9,13 @@ import pytest
 from jobs.ingest.live import (
     PARSERS,
     LiveStats,
+    NotATrade,
+    ServerShutdown,
+    SubscriptionRejected,
     _Handler,
     connect_url,
     iso_to_ms,
-    subscribe_message,
+    subscribe_messages,
 )
 from jobs.ingest.schema import validate
 
@@ -38,8 +41,14 @@ def test_binance_combined_stream_and_ack() -> None:
     }
     assert validate(t).price == "16542.10000000"
     assert parse("binance", '{"result":null,"id":1}') == []
-    with pytest.raises(ValueError):
+    with pytest.raises(NotATrade):  # counted and logged, never dead-lettered
         parse("binance", '{"stream":"x","data":{"e":"kline"}}')
+    for shutdown in ('{"e":"serverShutdown","E":1}', '{"stream":"!serverShutdown","data":{}}'):
+        with pytest.raises(ServerShutdown):  # a clean reconnect, not a dead letter
+            parse("binance", shutdown)
+    with pytest.raises(SubscriptionRejected, match="Invalid request"):
+        parse("binance", '{"error":{"code":2,"msg":"Invalid request"},"id":1}')
+    assert subscribe_messages("binance", ["BTCUSDT"]) == []  # streams are in the URL
     assert connect_url("binance", ["BTCUSDT", "ETHUSDT"], None).endswith(
         "/stream?streams=btcusdt@trade/ethusdt@trade"
     )
@@ -68,10 +77,20 @@ def test_kraken_v2_snapshot_update_and_noise() -> None:
     assert (
         parse("kraken", '{"method":"subscribe","result":{"channel":"trade"},"success":true}') == []
     )
-    assert subscribe_message("kraken", ["BTC/USD"]) == {
-        "method": "subscribe",
-        "params": {"channel": "trade", "symbol": ["BTC/USD"]},
-    }
+    assert subscribe_messages("kraken", ["BTC/USD"]) == [
+        {
+            "method": "subscribe",
+            "params": {"channel": "trade", "symbol": ["BTC/USD"], "snapshot": True},
+        }
+    ]
+    rejected = (
+        '{"error":"Currency pair not supported BTC/XYZ","method":"subscribe",'
+        '"success":false,"symbol":"BTC/XYZ","time_in":"2023-09-25T07:49:37.708706Z"}'
+    )
+    with pytest.raises(SubscriptionRejected, match="Currency pair not supported"):
+        parse("kraken", rejected)
+    with pytest.raises(NotATrade):
+        parse("kraken", '{"channel":"book","type":"update","data":[]}')
 
 
 def test_coinbase_market_trades() -> None:
@@ -95,6 +114,18 @@ def test_coinbase_market_trades() -> None:
     }
     assert ts[1]["ts_ms"] == 1565815347100
     assert parse("coinbase", '{"channel":"subscriptions","events":[]}') == []
+    heartbeat = (
+        '{"channel":"heartbeats","client_id":"","timestamp":"2023-06-23T20:31:26.122969572Z",'
+        '"sequence_num":0,"events":[{"current_time":"2023-06-23 20:31:56.121961769 +0000 UTC '
+        'm=+91717.525857105","heartbeat_counter":3049}]}'
+    )
+    assert parse("coinbase", heartbeat) == []
+    with pytest.raises(SubscriptionRejected, match="Failure to subscribe"):
+        parse("coinbase", '{"type":"error","message":"Failure to subscribe"}')
+    assert subscribe_messages("coinbase", ["BTC-USD"]) == [
+        {"type": "subscribe", "product_ids": ["BTC-USD"], "channel": "market_trades"},
+        {"type": "subscribe", "channel": "heartbeats"},
+    ]
 
 
 def test_iso_to_ms() -> None:
@@ -158,7 +189,10 @@ def test_handler_gaps_duplicates_and_garbage() -> None:
             }
         )
     )
+    h('{"result":null,"id":1}')  # an ack: control, not a dead letter
+    h('{"stream":"btcusdt@kline_1m","data":{"e":"kline"}}')  # not ours: ignored
     assert [t.trade_id for t in sink.sent] == [1, 2, 3, 7, 8]
     assert (stats.duplicates, stats.gaps, stats.missed_trades) == (2, 1, 3)
     assert sink.dead == ["not a JSON object", "price is not numeric"]
     assert stats.dead_lettered == 2 and stats.received == 9
+    assert (stats.control, stats.ignored) == (1, 1)
