@@ -39,22 +39,12 @@ from infra.feature_store import (
     to_feature_frame,
 )
 from infra.settings import Settings
+from udfs.contract import CLASSES, timeframe_ms
 
 log = logging.getLogger(__name__)
 DEFAULT_FLAT_THRESHOLD = 0.001  # |fwd log return| <= 0.1 % -> flat
-CLASSES = ("down", "flat", "up")
 LINEAGE = f"{CANDLES_VIEW}:window_end_ms"
 _LABEL = re.compile(r"^fwd_ret_(\d+)$")
-_TF = re.compile(r"^(\d+)([smhd])$")
-_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-
-
-def timeframe_ms(timeframe: str) -> int:
-    """``1m`` -> 60000, ``1h`` -> 3600000."""
-    m = _TF.match(timeframe)
-    if not m:
-        raise ValueError(f"unknown timeframe {timeframe!r} (expected e.g. 1m, 5m, 15m, 1h)")
-    return int(m.group(1)) * _UNIT_MS[m.group(2)]
 
 
 def parse_labels(specs: Sequence[str]) -> list[int]:

@@ -30,7 +30,6 @@ carry the last close forward).
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +37,12 @@ import empyrical as ep
 import numpy as np
 import pandas as pd
 
+from udfs.contract import timeframe_ms
+
 DAY_MS = 86_400_000
 YEAR_MS = 365 * DAY_MS  # crypto markets trade every day
-_TF = re.compile(r"^(\d+)([smhdw])$")
-_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": DAY_MS, "w": 7 * DAY_MS}
 
 PERF_KEYS = ("total_return", "cagr", "sharpe", "sortino", "max_drawdown")
-
-
-def timeframe_ms(timeframe: str) -> int:
-    """``1m`` -> 60000, ``1h`` -> 3600000, ``1d`` -> 86400000."""
-    m = _TF.match(timeframe)
-    if not m or int(m.group(1)) < 1:
-        raise ValueError(f"unknown timeframe {timeframe!r} (expected e.g. 1m, 5m, 1h, 1d)")
-    return int(m.group(1)) * _UNIT_MS[m.group(2)]
 
 
 def periods_per_year(timeframe: str = "1m") -> float:

@@ -47,13 +47,16 @@ from tenacity import (
     wait_exponential,
 )
 
-from udfs.contract import MAX_ITEMS  # /score's max_length of "items"
+from udfs.contract import (
+    CLASSES,
+    MAX_ITEMS,
+    SERVING_SYMBOL_PATTERN,
+)
 
 log = logging.getLogger(__name__)
 
 
 OK, REFUSED, DEGRADED = "ok", "refused", "degraded"
-CLASSES = ("down", "flat", "up")
 # the columns score() returns, with their pandas dtypes (the UDF's result ROW, in order)
 PREDICTION_COLUMNS: dict[str, str] = {
     "model_tag": "object",
@@ -68,7 +71,7 @@ PREDICTION_COLUMNS: dict[str, str] = {
 }
 KEY_COLUMNS = ("symbol", "timeframe", "bar_end_ms")
 # what the endpoint's request schema accepts (bentos/predictor/service.py)
-_SYMBOL = re.compile(r"^[A-Z0-9]{2,20}$")
+_SYMBOL = re.compile(SERVING_SYMBOL_PATTERN)
 _TIMEFRAME = re.compile(r"^[1-9][0-9]{0,3}[smhd]$")
 
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from infra.feature_store import SERVICE, FeatureStoreClient
 from infra.settings import Settings
-from jobs.dataset import timeframe_ms
+from udfs.contract import timeframe_ms
 
 if TYPE_CHECKING:
     from feast import FeatureService

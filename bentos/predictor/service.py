@@ -43,11 +43,11 @@ from bentos.predictor.core import (
 )
 from bentos.predictor.guard import BatchLimit, admin_refusal, header
 from infra.settings import get_settings
-from udfs.contract import MAX_BODY_BYTES, MAX_ITEMS
+from udfs.contract import MAX_BODY_BYTES, MAX_ITEMS, SERVING_SYMBOL_PATTERN
 
 log = logging.getLogger("candleflow.predictor")
 SETTINGS = get_settings()
-Symbol = Annotated[str, Field(pattern=r"^[A-Z0-9]{2,20}$", examples=["BTCUSDT"])]
+Symbol = Annotated[str, Field(pattern=SERVING_SYMBOL_PATTERN, examples=["BTCUSDT"])]
 Timeframe = Annotated[str, Field(pattern=r"^[1-9][0-9]{0,3}[smhd]$", examples=["1m"])]
 ModelTag = Annotated[
     str, Field(pattern=r"^$|^[a-z0-9_.-]{1,63}(:[A-Za-z0-9_.-]{1,128})?$", max_length=200)
