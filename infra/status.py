@@ -231,7 +231,7 @@ def freshness(s: Settings, minutes: float = 15.0) -> dict[str, Any]:
     from infra.settings import mask_url
 
     parts = urlsplit(s.clickhouse_url)
-    url = where = mask_url(s.clickhouse_url)
+    url = mask_url(s.clickhouse_url)
     if parts.scheme == "chdb":
         from pathlib import Path
 
@@ -247,18 +247,18 @@ def freshness(s: Settings, minutes: float = 15.0) -> dict[str, Any]:
     try:
         store = connect(s.clickhouse_url)
     except Exception as e:
-        return {"state": f"unreachable ({_err(e)})", "url": where}
+        return {"state": f"unreachable ({_err(e)})", "url": url}
     try:
         if "pipeline_freshness" not in _tables(store):
             return {
                 "state": "no pipeline_freshness table (run `candleflow clickhouse migrate`)",
-                "url": where,
+                "url": url,
             }
         since = int(time.time() * 1000 - minutes * 60_000)
         recent = store.query(FRESHNESS_SQL.format(since=since))
         last = store.query(LAST_SQL)
     except Exception as e:
-        return {"state": f"query failed ({_err(e)})", "url": where}
+        return {"state": f"query failed ({_err(e)})", "url": url}
     finally:
         store.close()
     stages: dict[str, Any] = {}
@@ -278,7 +278,7 @@ def freshness(s: Settings, minutes: float = 15.0) -> dict[str, Any]:
             "max_ms": int(r["max_ms"]),
             "last_window_end": _ms_iso(r["last_window_end_ms"]),
         }
-    return {"state": "ok", "url": where, "window_minutes": minutes, "stages": stages}
+    return {"state": "ok", "url": url, "window_minutes": minutes, "stages": stages}
 
 
 def _tables(store: Any) -> set[str]:

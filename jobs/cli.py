@@ -6,9 +6,10 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -93,9 +94,23 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug log
     logging.getLogger("apache_beam").setLevel(logging.ERROR)  # optional GCS/BigQuery imports
 
 
-def _fail(msg: str) -> None:
+T = TypeVar("T")
+
+
+def _fail(msg: str) -> NoReturn:
     console.print(f"[red]error:[/red] {msg}")
     raise typer.Exit(1)
+
+
+def _until_broker_reset(run: Callable[..., T], *args: Any) -> T:
+    """Run a writer; a broker that lost its data (:class:`jobs.kafka_writer.BrokerReset`)
+    ends the command with its message and exit 1."""
+    from jobs.kafka_writer import BrokerReset
+
+    try:
+        return run(*args)
+    except BrokerReset as e:
+        _fail(str(e))
 
 
 # --------------------------------------------------------------------------- local stack
@@ -496,13 +511,7 @@ def candles_write(
         log_every_s=log_every,
         from_beginning=from_beginning,
     )
-    from jobs.kafka_writer import BrokerReset
-
-    try:
-        st = run_candles_writer(s, cfg)
-    except BrokerReset as e:
-        _fail(str(e))
-        return
+    st = _until_broker_reset(run_candles_writer, s, cfg)
     console.print(
         f"wrote {st.rows:,} candles in {st.batches:,} batches; dead-lettered "
         f"{st.dead_lettered:,} -> {s.topic_candles_dlq}; committed {st.committed}"
@@ -543,13 +552,7 @@ def features_write(
         retry_timeout_s=retry_timeout,
         log_every_s=log_every,
     )
-    from jobs.kafka_writer import BrokerReset
-
-    try:
-        st = run_writer(s, cfg)
-    except BrokerReset as e:
-        _fail(str(e))
-        return
+    st = _until_broker_reset(run_writer, s, cfg)
     console.print(
         f"wrote {st.rows:,} rows in {st.batches:,} batches; dead-lettered {st.dead_lettered:,} "
         f"-> {s.topic_features_dlq}; committed {st.committed}"
@@ -604,13 +607,7 @@ def trading_write(
         topic_kinds(s)
     except ValueError as e:
         _fail(str(e))
-    from jobs.kafka_writer import BrokerReset
-
-    try:
-        w = run_trading_writer(s, cfg)
-    except BrokerReset as e:
-        _fail(str(e))
-        return
+    w = _until_broker_reset(run_trading_writer, s, cfg)
     st = w.stats
     console.print(
         f"wrote {st.rows:,} rows {w.rows_by_kind()} in {st.batches:,} batches; "

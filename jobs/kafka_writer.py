@@ -799,21 +799,8 @@ class KafkaBatchWriter(ABC):
             for m in msgs:
                 err = m.error()
                 if err is not None:
-                    key = f"{m.topic()}[{m.partition()}]"
-                    if err.code() == KafkaError._AUTO_OFFSET_RESET and not self._positions.get(
-                        key
-                    ):  # never committed here: a new group, start at the beginning
-                        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
-
-                        self._consumer.seek(
-                            TopicPartition(m.topic(), m.partition(), OFFSET_BEGINNING)
-                        )
-                    elif err.code() == KafkaError._AUTO_OFFSET_RESET:
-                        self._fatal = BrokerReset(
-                            f"{m.topic()}[{m.partition()}]: {err.str()}: the position is "
-                            "beyond the end of the log, so the broker lost messages (the "
-                            "local broker keeps topics in memory; a restart drops them)"
-                        )
+                    if err.code() == KafkaError._AUTO_OFFSET_RESET:
+                        self._offset_out_of_range(m.topic(), m.partition(), err.str())
                     elif err.code() != KafkaError._PARTITION_EOF:
                         log.warning("consumer error: %s", err)
                     continue
@@ -822,6 +809,20 @@ class KafkaBatchWriter(ABC):
                 log.error("%s", self._fatal)
                 raise self._fatal
         return batch
+
+    def _offset_out_of_range(self, topic: str, partition: int, error: str) -> None:
+        """No valid position (``auto.offset.reset`` is ``error``): a partition this group
+        never committed starts at the beginning; one it did is a :class:`BrokerReset`."""
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        key = f"{topic}[{partition}]"
+        if not self._positions.get(key):  # a new group: from the beginning
+            self._consumer.seek(TopicPartition(topic, partition, OFFSET_BEGINNING))
+            return
+        self._fatal = BrokerReset(
+            f"{key}: {error}: the position is beyond the end of the log, so the broker lost "
+            "messages (the local broker keeps topics in memory; a restart drops them)"
+        )
 
     def _add(self, batch: Batch, m: Any) -> None:
         topic, p, off, raw = m.topic(), m.partition(), m.offset(), m.value()

@@ -25,7 +25,8 @@ def stop_tree(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> list[in
     wait up to ``timeout_s``, then SIGKILL the group and every process of its tree that
     is left, wherever it moved; returns the pids that had to be killed."""
     try:
-        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        root = psutil.Process(proc.pid)
+        tree = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         tree = []
     if proc.poll() is None:

@@ -25,7 +25,7 @@ if __name__ == "__main__":  # under `flink run -py` only this file's folder is o
 from infra.connectors import Endpoints
 from infra.settings import Settings, get_settings
 from jobs.flink_env import JobHandle, flink_options, job_main, prepare_process
-from udfs.predict_client import MAX_ITEMS
+from udfs.contract import MAX_ITEMS
 
 log = logging.getLogger(__name__)
 SQL_FILE = "strategy.sql"

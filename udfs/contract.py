@@ -14,6 +14,8 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 CLASSES = ("down", "flat", "up")
 # a symbol the prediction service accepts (normalised, as the feature rows carry it)
 SERVING_SYMBOL_PATTERN = r"^[A-Z0-9]{2,20}$"
+# a timeframe the prediction service accepts (1-9999 of s, m, h or d)
+SERVING_TIMEFRAME_PATTERN = r"^[1-9][0-9]{0,3}[smhd]$"
 
 _UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 

@@ -51,10 +51,10 @@ from udfs.contract import (
     CLASSES,
     MAX_ITEMS,
     SERVING_SYMBOL_PATTERN,
+    SERVING_TIMEFRAME_PATTERN,
 )
 
 log = logging.getLogger(__name__)
-
 
 OK, REFUSED, DEGRADED = "ok", "refused", "degraded"
 # the columns score() returns, with their pandas dtypes (the UDF's result ROW, in order)
@@ -72,7 +72,7 @@ PREDICTION_COLUMNS: dict[str, str] = {
 KEY_COLUMNS = ("symbol", "timeframe", "bar_end_ms")
 # what the endpoint's request schema accepts (bentos/predictor/service.py)
 _SYMBOL = re.compile(SERVING_SYMBOL_PATTERN)
-_TIMEFRAME = re.compile(r"^[1-9][0-9]{0,3}[smhd]$")
+_TIMEFRAME = re.compile(SERVING_TIMEFRAME_PATTERN)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pydantic import SecretStr
@@ -39,15 +39,6 @@ def admin_refusal(
     if not authorization or not hmac.compare_digest(authorization.encode(), want):
         return 401, "unauthorized", "model administration needs 'Authorization: Bearer <token>'"
     return None
-
-
-def header(headers: Mapping[str, str] | Any, name: str) -> str | None:
-    """A request header (case-insensitive) from a Starlette ``Headers`` or a dict."""
-    try:
-        value = headers.get(name)
-    except AttributeError:
-        return None
-    return None if value is None else str(value)
 
 
 def count_items(body: bytes) -> int | None:

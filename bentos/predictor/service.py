@@ -41,14 +41,19 @@ from bentos.predictor.core import (
     ScoreItem,
     Unavailable,
 )
-from bentos.predictor.guard import BatchLimit, admin_refusal, header
+from bentos.predictor.guard import BatchLimit, admin_refusal
 from infra.settings import get_settings
-from udfs.contract import MAX_BODY_BYTES, MAX_ITEMS, SERVING_SYMBOL_PATTERN
+from udfs.contract import (
+    MAX_BODY_BYTES,
+    MAX_ITEMS,
+    SERVING_SYMBOL_PATTERN,
+    SERVING_TIMEFRAME_PATTERN,
+)
 
 log = logging.getLogger("candleflow.predictor")
 SETTINGS = get_settings()
 Symbol = Annotated[str, Field(pattern=SERVING_SYMBOL_PATTERN, examples=["BTCUSDT"])]
-Timeframe = Annotated[str, Field(pattern=r"^[1-9][0-9]{0,3}[smhd]$", examples=["1m"])]
+Timeframe = Annotated[str, Field(pattern=SERVING_TIMEFRAME_PATTERN, examples=["1m"])]
 ModelTag = Annotated[
     str, Field(pattern=r"^$|^[a-z0-9_.-]{1,63}(:[A-Za-z0-9_.-]{1,128})?$", max_length=200)
 ]
@@ -84,6 +89,11 @@ class ScoreRequestItem(BaseModel):
     bar_end_ms: Annotated[int, Field(ge=0, le=10**15, examples=[1609459260000])]
     features: Annotated[dict[str, FeatureValue], Field(max_length=1000)]
     model: ModelTag | None = None
+
+
+def _admin_refusal(ctx: bentoml.Context) -> tuple[int, str, str] | None:
+    """None if this request may administer models (bearer token), else the refusal."""
+    return admin_refusal(SETTINGS.serving_admin_token, ctx.request.headers.get("authorization"))
 
 
 def _error(ctx: bentoml.Context, status: int, reason: str, message: str) -> dict[str, Any]:
@@ -188,11 +198,7 @@ class Predictor:
         missing_features, 409 not_ready / lookahead / feature_mismatch, 401/403 when an item
         names a model without the admin token. No Redis involved.
         """
-        denied = None
-        if any(it.model for it in items):
-            denied = admin_refusal(
-                SETTINGS.serving_admin_token, header(ctx.request.headers, "authorization")
-            )
+        denied = _admin_refusal(ctx) if any(it.model for it in items) else None
         out = self.core.score(
             [
                 ScoreItem(
@@ -234,11 +240,9 @@ class Predictor:
         check its features and swap it in; in-flight requests finish on the old one.
         404: no such model; 409: its features differ (the old model keeps serving); 401/403:
         no or a wrong admin token (see the module docstring)."""
-        denied = admin_refusal(
-            SETTINGS.serving_admin_token, header(ctx.request.headers, "authorization")
-        )
+        denied = _admin_refusal(ctx)
         if denied:
-            return _error(ctx, denied[0], denied[1], denied[2])
+            return _error(ctx, *denied)
         try:
             return self.core.reload(tag or None)
         except ModelNotFound as e:

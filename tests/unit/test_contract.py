@@ -30,3 +30,4 @@ def test_users_derive_from_the_contract() -> None:
     assert dataset.CLASSES is predict_client.CLASSES is contract.CLASSES
     assert predict_client.MAX_ITEMS == contract.MAX_ITEMS
     assert predict_client._SYMBOL.pattern == contract.SERVING_SYMBOL_PATTERN
+    assert predict_client._TIMEFRAME.pattern == contract.SERVING_TIMEFRAME_PATTERN
