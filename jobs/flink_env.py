@@ -8,9 +8,10 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infra.jars import pipeline_jars
+from infra.jars import flink_lib_dir, pipeline_jars
 from infra.settings import Settings
 
 if TYPE_CHECKING:
@@ -29,20 +30,6 @@ def _python_path_for_thread_mode() -> None:
     parts = [str(REPO_ROOT), *site.getsitepackages()]
     old = os.environ.get("PYTHONPATH", "")
     os.environ["PYTHONPATH"] = os.pathsep.join(parts + ([old] if old else []))
-
-
-def flink_python_jar() -> list[str]:
-    """The flink-python jar as a file:// URL. A standalone cluster started from the pyflink
-    distribution has it in opt/, not lib/, so its JobManager cannot load the Python
-    operators (ClassNotFoundException: ArrowPythonScalarFunctionOperator,
-    StreamArrowPythonRowTimeBoundedRowsOperator) unless the job ships it; in a MiniCluster
-    it is on the classpath already (parent-first, harmless)."""
-    from pathlib import Path
-
-    import pyflink
-
-    found = sorted((Path(pyflink.__file__).parent / "opt").glob("flink-python-*.jar"))
-    return [found[-1].resolve().as_uri()] if found else []
 
 
 def bind_options(settings: Settings) -> dict[str, str]:
@@ -100,7 +87,7 @@ def flink_options(
     base = {
         "table.local-time-zone": "UTC",
         "pipeline.name": job_name,
-        "pipeline.jars": ";".join([pipeline_jars(s.jars_dir), *flink_python_jar()]),
+        "pipeline.jars": pipeline_jars(s.jars_dir),
         "parallelism.default": str(s.parallelism),
         "python.executable": s.flink_python_executable or sys.executable,
         "python.client.executable": sys.executable,
@@ -120,14 +107,78 @@ def flink_options(
     return base | (extra or {})
 
 
-def prepare_process(settings: Settings) -> None:
+_LOOPBACK_POOL: str | None = None  # this process's loopback worker pool, once started
+
+
+def _loopback_worker_pool() -> dict[str, str]:
+    """PyFlink's loopback worker pool (the gRPC service through which a local MiniCluster
+    starts the Python workers inside this process), on 127.0.0.1; returns the option that
+    tells the JVM where it is.
+
+    PyFlink starts it itself at the first ``execute`` with ``add_insecure_port('[::]:0')``,
+    i.e. on every interface, with no option to change that. So the process says
+    ``_python_worker_execution_mode=process`` (PyFlink's switch for "do not start one"),
+    starts the same servicer on loopback and sets ``python.loopback-server.address`` as
+    PyFlink would. Started once per process, like PyFlink's."""
+    global _LOOPBACK_POOL
+    if os.environ.setdefault("_python_worker_execution_mode", "process") != "process":
+        return {}  # someone asked PyFlink for its own loopback mode
+    if _LOOPBACK_POOL is None:
+        import atexit
+        import functools
+
+        root = logging.getLogger()
+        level = root.level
+        try:  # the module sets the root logger to WARNING when imported
+            import grpc
+            from apache_beam.portability.api import beam_fn_api_pb2_grpc
+            from apache_beam.utils import thread_pool_executor
+            from pyflink.fn_execution.beam.beam_worker_pool_service import (
+                BeamFnLoopbackWorkerPoolServicer,
+            )
+        finally:
+            root.setLevel(level)
+        server = grpc.server(thread_pool_executor.shared_unbounded_instance())
+        port = server.add_insecure_port("127.0.0.1:0")
+        beam_fn_api_pb2_grpc.add_BeamFnExternalWorkerPoolServicer_to_server(
+            BeamFnLoopbackWorkerPoolServicer(), server
+        )
+        server.start()
+        atexit.register(functools.partial(server.stop, 1))
+        _LOOPBACK_POOL = f"127.0.0.1:{port}"
+    return {"python.loopback-server.address": _LOOPBACK_POOL}
+
+
+def prepare_process(settings: Settings) -> dict[str, str]:
     """What must be set before the JVM starts: the log dir (else logs go to
-    site-packages) and, in thread mode, the embedded Python's path."""
+    site-packages), in thread mode the embedded Python's path, and for a local MiniCluster
+    the listeners of the Python-UDF machinery on loopback (:func:`infra.jars.flink_lib_dir`
+    for the JVM's Beam servers, :func:`_loopback_worker_pool` for this process's).
+    Returns options the job must add to its configuration."""
     log_dir = settings.logs_dir / "flink"
     log_dir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("FLINK_LOG_DIR", str(log_dir))
     if settings.python_execution_mode == "thread":
         _python_path_for_thread_mode()
+    if "PYFLINK_GATEWAY_PORT" in os.environ:  # under `flink run`: the cluster's workers
+        return {}
+    _use_flink_lib_dir(settings)
+    return _loopback_worker_pool()
+
+
+def _use_flink_lib_dir(settings: Settings) -> None:
+    """Point PyFlink's gateway at :func:`infra.jars.flink_lib_dir`. Without FLINK_HOME,
+    PyFlink overwrites FLINK_LIB_DIR with its own ``lib/`` when it starts the JVM, so
+    FLINK_HOME is set too (to the wheel, where it would look anyway). A FLINK_HOME or
+    FLINK_LIB_DIR that someone set to another folder is left alone."""
+    import pyflink
+
+    wheel = Path(pyflink.__file__).resolve().parent
+    home, lib = os.environ.get("FLINK_HOME"), os.environ.get("FLINK_LIB_DIR")
+    if (home and Path(home).resolve() != wheel) or (lib and Path(lib).resolve() != wheel / "lib"):
+        return
+    os.environ.setdefault("FLINK_HOME", str(wheel))
+    os.environ["FLINK_LIB_DIR"] = str(flink_lib_dir(settings.jars_dir))
 
 
 def table_env(settings: Settings, job_name: str, *, options: dict[str, str] | None = None):
@@ -135,7 +186,7 @@ def table_env(settings: Settings, job_name: str, *, options: dict[str, str] | No
     without checkpoints). Local MiniCluster unless run under ``flink run``."""
     if options is None:
         options = flink_options(settings, job_name, checkpointing=False)
-    prepare_process(settings)
+    options = options | prepare_process(settings)
     t0 = time.monotonic()
     from pyflink.table import EnvironmentSettings, TableEnvironment
 

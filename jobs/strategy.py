@@ -57,12 +57,12 @@ def stream_table_env(
     settings: Settings, job_name: str, restore_path: str | None = None
 ) -> tuple[Any, Any]:
     """A StreamExecutionEnvironment + StreamTableEnvironment configured the project's way."""
-    prepare_process(settings)
+    local = prepare_process(settings)
     from pyflink.common import Configuration
     from pyflink.datastream import StreamExecutionEnvironment
     from pyflink.table import StreamTableEnvironment
 
-    options = flink_config(settings, job_name, restore_path)
+    options = flink_config(settings, job_name, restore_path) | local
     conf = Configuration()
     for k, v in options.items():
         conf.set_string(k, v)

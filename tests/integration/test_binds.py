@@ -4,7 +4,6 @@ Redis of `candleflow up`."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import psutil
@@ -37,28 +36,40 @@ def jvm_pids() -> set[int]:
 
 
 def test_minicluster_listens_on_loopback_only(tmp_path: Path) -> None:
+    """REST, RPC and BLOB of the JVM, and the Python-UDF machinery: the Beam fn-API gRPC
+    servers of each Python operator in the JVM (control, data, state, logging, ...; Flink's
+    own build binds them to every interface) and the loopback worker pool in this process
+    (PyFlink's binds to every interface). The UDF really runs: its results come back."""
+    from pyflink.table import DataTypes
+    from pyflink.table.udf import udf
+
     from jobs.flink_env import table_env
 
+    mine_before = set(listening({psutil.Process().pid}))
     t_env = table_env(Settings(state_dir=tmp_path), "binds-check")
-    t_env.execute_sql(
-        "CREATE TEMPORARY TABLE src (x BIGINT) WITH ('connector'='datagen', 'rows-per-second'='10')"
+    t_env.create_temporary_function(
+        "plus_one", udf(lambda x: x + 1, result_type=DataTypes.BIGINT())
     )
-    t_env.execute_sql("CREATE TEMPORARY TABLE snk (x BIGINT) WITH ('connector'='blackhole')")
-    result = t_env.execute_sql("INSERT INTO snk SELECT x FROM src")
+    t_env.execute_sql(
+        "CREATE TEMPORARY TABLE src (x BIGINT) WITH ('connector'='datagen', "
+        "'rows-per-second'='20', 'fields.x.kind'='sequence', 'fields.x.start'='1', "
+        "'fields.x.end'='1000000')"
+    )
+    result = t_env.execute_sql("SELECT x, plus_one(x) FROM src")
     try:
-        deadline = time.monotonic() + 60
-        addrs: list[str] = []
-        while time.monotonic() < deadline:  # REST, RPC and BLOB are up once the job runs
-            addrs = listening(jvm_pids())
-            if len(addrs) >= 3:
-                break
-            time.sleep(1)
-        assert len(addrs) >= 3, addrs
-        assert all(loopback(a) for a in addrs), addrs
+        with result.collect() as rows:
+            got = [tuple(next(rows)) for _ in range(5)]
+            assert all(y == x + 1 for x, y in got), got
+            jvm = listening(jvm_pids())
+            mine = set(listening({psutil.Process().pid})) - mine_before
     finally:
         client = result.get_job_client()
         if client is not None:
             client.cancel().result()
+    assert len(jvm) >= 7, jvm  # REST, RPC, BLOB + >= 4 Beam servers
+    assert mine, "no loopback worker pool in this process"
+    assert all(loopback(a) for a in jvm), jvm
+    assert all(loopback(a) for a in mine), mine
 
 
 def test_local_stack_listens_on_loopback_only(tmp_path: Path) -> None:
