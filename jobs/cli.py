@@ -198,11 +198,13 @@ def status(
 @app.command("install-jars")
 def install_jars() -> None:
     """Fetch the Flink Kafka connector jars into CANDLEFLOW_JARS_DIR (from PyPI) and build the
-    project's Java functions (udfs/java) there."""
-    from infra.jars import ensure_jars, udf_jar
+    project's Java functions (udfs/java) and the loopback-bind fix (infra/java) there."""
+    from infra.jars import ensure_jars, flink_lib_dir, loopback_jar, udf_jar
 
     jars_dir = get_settings().jars_dir
-    for p in [*ensure_jars(jars_dir), udf_jar(jars_dir)]:
+    for p in [*ensure_jars(jars_dir), udf_jar(jars_dir), loopback_jar(jars_dir)]:
+        console.print(f"ok {p}")
+    for p in [flink_lib_dir(jars_dir)]:
         console.print(f"ok {p}")
 
 
