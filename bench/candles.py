@@ -165,7 +165,9 @@ def flink_stage_profile(s: Settings, end: dict[int, int], n: int) -> dict[str, f
     from jobs.flink_env import table_env
 
     t_env = table_env(s, "candleflow-bench-profile")
-    src = render_with(Endpoints(s, end_offsets=end).kafka_source(s.topic_trades))
+    endpoints = Endpoints(s, end_offsets=end)
+    src = render_with(endpoints.kafka_source(s.topic_trades))
+    endpoints.start_sources()  # group-offsets: the group starts at the earliest offset
     fields = ["ts_ms", "symbol", "price", "qty", "side", "trade_id", "exchange", "price"]
     stages = {
         "raw_read": ("raw", "CHAR_LENGTH(payload)"),

@@ -34,6 +34,8 @@ class Endpoints:
     start_offsets: dict[int, int] | None = None
     files_dir: Path | None = None  # for source_connector == "filesystem"
     extra: dict[str, str] = field(default_factory=dict)
+    # topics of the Kafka sources rendered so far (start_sources, source_topic_ids)
+    source_topics: list[str] = field(default_factory=list)
 
     # -- kafka ---------------------------------------------------------------------------
     def _kafka_common(self, topic: str) -> dict[str, str]:
@@ -61,12 +63,39 @@ class Endpoints:
             opts["scan.startup.mode"] = "specific-offsets"
             opts["scan.startup.specific-offsets"] = bounded_offsets_option(self.start_offsets)
         else:
-            opts["scan.startup.mode"] = "earliest-offset"
+            # from the earliest offset, as start_sources() commits it, and with no reset
+            # policy: Flink passes a source's reset strategy to its consumer, so
+            # 'earliest-offset' would make a job whose checkpointed offset is past the end of
+            # the log (a broker that lost its data) silently re-read from 0; with 'none' the
+            # job fails with OffsetOutOfRange instead
+            opts["scan.startup.mode"] = "group-offsets"
+            opts["properties.auto.offset.reset"] = "none"
+        self.source_topics.append(topic)
         if self.end_offsets is not None:
             # bounded replay; 'latest-offset' is wrong on Tansu (drops the last batch)
             opts["scan.bounded.mode"] = "specific-offsets"
             opts["scan.bounded.specific-offsets"] = bounded_offsets_option(self.end_offsets)
         return opts
+
+    def start_sources(self) -> dict[str, list[int]]:
+        """Before a fresh submit: commit the earliest offsets of the group-offsets sources
+        rendered so far for the job's group (:func:`infra.kafka.commit_earliest`), so the
+        job starts there; a job restored from a checkpoint or savepoint ignores them."""
+        if not self.source_topics or self.start_offsets:
+            return {}
+        from infra.kafka import commit_earliest
+
+        return commit_earliest(self.settings.kafka_bootstrap, self.settings.group_id,
+                               self.source_topics)  # fmt: skip
+
+    def source_topic_ids(self) -> dict[str, str | None]:
+        """The ids of the Kafka sources' topics now (a job watches them: a recreated topic
+        means the broker lost data, :class:`jobs.flink_env.JobHandle`)."""
+        if not self.source_topics:
+            return {}
+        from infra.kafka import topic_ids
+
+        return topic_ids(self.settings.kafka_bootstrap, self.source_topics)
 
     def kafka_sink(self, topic: str, key_field: str | None = None) -> dict[str, str]:
         opts = self._kafka_common(topic) | {"sink.delivery-guarantee": "at-least-once"}

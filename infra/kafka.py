@@ -49,6 +49,63 @@ def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1) ->
         admin.close()
 
 
+class BrokerReset(RuntimeError):
+    """The broker no longer holds what a consumer had reached: its committed offsets are
+    gone, its position is beyond the end of the log, or a topic it reads was recreated (a
+    restart of the local in-memory broker does all three). Stopping beats silently starting
+    over at offset 0."""
+
+
+def topic_ids(bootstrap: str, topics: Iterable[str]) -> dict[str, str | None]:
+    """Each topic's id (Kafka's topic UUID; a recreated topic gets a new one), ``None`` for a
+    topic that does not exist."""
+    from confluent_kafka import KafkaException, TopicCollection
+    from confluent_kafka.admin import AdminClient
+
+    names = list(dict.fromkeys(topics))
+    if not names:
+        return {}
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    out: dict[str, str | None] = {}
+    for name, fut in admin.describe_topics(TopicCollection(names), request_timeout=10).items():
+        try:
+            out[name] = str(fut.result().topic_id)
+        except KafkaException:
+            out[name] = None
+    return out
+
+
+def commit_earliest(bootstrap: str, group: str, topics: Iterable[str]) -> dict[str, list[int]]:
+    """Commit each existing partition's earliest offset for ``group``; returns the committed
+    offsets per topic (a topic that does not exist yet is skipped: Flink starts partitions it
+    discovers later at their earliest offset).
+
+    Where a fresh Flink job starts: its Kafka sources read from the group's committed
+    offsets with no reset policy (infra/connectors.py: ``kafka_source``), so a restored job
+    whose offsets a broker no longer has fails instead of starting over."""
+    from confluent_kafka import Consumer
+    from confluent_kafka import TopicPartition as CTopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        meta = c.list_topics(timeout=10)
+        out: dict[str, list[int]] = {}
+        offsets = []
+        for topic in topics:
+            tm = meta.topics.get(topic)
+            if tm is None or tm.error is not None:
+                continue
+            for p in sorted(tm.partitions):
+                low, _ = c.get_watermark_offsets(CTopicPartition(topic, p), timeout=10)
+                offsets.append(CTopicPartition(topic, p, max(int(low), 0)))
+                out.setdefault(topic, []).append(max(int(low), 0))
+        if offsets:
+            c.commit(offsets=offsets, asynchronous=False)
+        return out
+    finally:
+        c.close()
+
+
 def make_producer(bootstrap: str, **kw: Any) -> KafkaProducer:
     opts: dict[str, Any] = {
         "bootstrap_servers": bootstrap,

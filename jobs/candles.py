@@ -33,6 +33,7 @@ def submit(
         job_name,
         checkpointing=True,
         restore_path=restore_path,
+        endpoints=endpoints,
     )
 
 

@@ -54,6 +54,7 @@ def submit(
         functions={"features": features},
         checkpointing=True,
         restore_path=restore_path,
+        endpoints=endpoints,
     )
 
 

@@ -7,11 +7,12 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infra.jars import flink_lib_dir, pipeline_jars
+from infra.kafka import BrokerReset
 from infra.settings import Settings
 
 if TYPE_CHECKING:
@@ -198,11 +199,23 @@ def table_env(settings: Settings, job_name: str, *, options: dict[str, str] | No
     return t_env
 
 
+TERMINAL_STATES = ("FINISHED", "FAILED", "CANCELED")
+WATCH_EVERY_S = 2.0
+
+
 @dataclass
 class JobHandle:
+    """A submitted job. ``wait`` also watches the ids of the topics the job reads
+    (``watch``: topic -> id at submit): one that changes or vanishes was recreated, i.e. the
+    broker lost its data (the local in-memory broker after a restart). Flink's source would
+    not notice (Tansu answers a fetch beyond the end of a log with nothing, not with an
+    out-of-range error), so the job is cancelled and :class:`infra.kafka.BrokerReset` raised."""
+
     result: Any  # pyflink TableResult
     jvm_start_s: float
     submitted_at: float
+    bootstrap: str = ""
+    watch: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def job_id(self) -> str:
@@ -210,7 +223,43 @@ class JobHandle:
         return str(client.get_job_id()) if client else "?"
 
     def wait(self) -> None:
+        client = self.result.get_job_client()
+        watched = {t: i for t, i in self.watch.items() if i is not None}
+        if client is not None and watched:
+            while _job_state(client) not in TERMINAL_STATES:
+                changed = self.recreated_topics(watched)
+                if changed:
+                    client.cancel().result()
+                    raise BrokerReset(
+                        f"job {self.job_id} cancelled: {'; '.join(changed)}. The broker lost "
+                        "the data the job had read (the local broker keeps topics in memory; "
+                        "a restart drops them); resubmit once the input is back"
+                    )
+                time.sleep(WATCH_EVERY_S)
         self.result.wait()
+
+    def recreated_topics(self, watched: dict[str, str]) -> list[str]:
+        from infra.kafka import topic_ids
+
+        try:
+            now = topic_ids(self.bootstrap, watched)
+        except Exception as e:  # broker unreachable: not a reset (yet); look again
+            log.debug("topic ids: %s", e)
+            return []
+        return [
+            f"topic {t} "
+            + ("is gone" if now.get(t) is None else f"was recreated (id {i} -> {now[t]})")
+            for t, i in watched.items()
+            if now.get(t) != i
+        ]
+
+
+def _job_state(client: Any) -> str:
+    """The job's state; a local MiniCluster shuts down with its job, so no answer = ended."""
+    try:
+        return str(client.get_job_status().result().name)
+    except Exception:  # Py4JJavaError: "MiniCluster is not yet running or has already been
+        return "FINISHED"  # shut down"; result.wait() then says how it ended
 
 
 def submit_sql(
@@ -222,10 +271,13 @@ def submit_sql(
     *,
     checkpointing: bool = False,
     restore_path: str | None = None,
+    endpoints: Endpoints | None = None,
 ) -> JobHandle:
     """Register ``functions``, run the DDL of ``sql_file`` and submit all its INSERTs as
     one statement set (one job). ``checkpointing``: with :func:`checkpoint_config`;
-    ``restore_path``: resume from that savepoint/retained checkpoint."""
+    ``restore_path``: resume from that savepoint/retained checkpoint; ``endpoints``: the
+    ones ``params`` came from (a fresh start commits its sources' start offsets:
+    :meth:`infra.connectors.Endpoints.start_sources`)."""
     from jobs.sqlfile import is_insert, load_statements
 
     t0 = time.monotonic()
@@ -242,9 +294,19 @@ def submit_sql(
             stmt_set.add_insert_sql(stmt)
         else:
             t_env.execute_sql(stmt)
-    handle = JobHandle(stmt_set.execute(), jvm_s, time.monotonic())
+    if endpoints is not None and not restore_path:
+        start_sources(endpoints)
+    watch = endpoints.source_topic_ids() if endpoints is not None else {}
+    handle = JobHandle(stmt_set.execute(), jvm_s, time.monotonic(), settings.kafka_bootstrap, watch)
     log.info("submitted %s (job %s), JVM start %.1fs", job_name, handle.job_id, jvm_s)
     return handle
+
+
+def start_sources(endpoints: Endpoints) -> None:
+    """Commit the job's Kafka sources' start offsets (earliest) for its group and log them."""
+    started = endpoints.start_sources()
+    if started:
+        log.info("group %s starts at %s", endpoints.settings.group_id, started)
 
 
 def parse_offsets(text: str | None) -> dict[int, int] | None:
@@ -287,5 +349,9 @@ def job_main(
     else:
         handle = submit(endpoints)
     if not args.detach:
-        handle.wait()
+        try:
+            handle.wait()
+        except BrokerReset as e:
+            log.error("%s: %s", prog, e)
+            raise SystemExit(1) from e
         log.info("%s finished", prog)

@@ -61,6 +61,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from infra.clickhouse import iso_to_ms
+from infra.kafka import BrokerReset
 from infra.settings import Settings
 
 if TYPE_CHECKING:
@@ -582,12 +583,6 @@ class WriterStats:
 
 
 # ----------------------------------------------------------------------------- writer
-class BrokerReset(RuntimeError):
-    """The broker no longer holds what this writer's group had reached: its committed
-    offsets are gone or its position is beyond the end of the log (a restart of the local
-    in-memory broker does this). Stopping beats silently starting over at offset 0."""
-
-
 class KafkaBatchWriter(ABC):
     """Consume ``topics`` in micro-batches, dead-letter bad messages, write, then commit.
 

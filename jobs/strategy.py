@@ -24,7 +24,7 @@ if __name__ == "__main__":  # under `flink run -py` only this file's folder is o
 
 from infra.connectors import Endpoints
 from infra.settings import Settings, get_settings
-from jobs.flink_env import JobHandle, flink_options, job_main, prepare_process
+from jobs.flink_env import JobHandle, flink_options, job_main, prepare_process, start_sources
 from udfs.contract import MAX_ITEMS
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,16 @@ def submit(
     for stmt in build(t_env, endpoints, from_ms, to_ms):
         stmt_set.add_insert_sql(stmt)
     stmt_set.attach_as_datastream()
-    handle = JobHandle(StreamJobResult(env.execute_async(job_name)), jvm_s, time.monotonic())
+    if not restore_path:
+        start_sources(endpoints)
+    watch = endpoints.source_topic_ids()
+    handle = JobHandle(
+        StreamJobResult(env.execute_async(job_name)),
+        jvm_s,
+        time.monotonic(),
+        endpoints.settings.kafka_bootstrap,
+        watch,
+    )
     log.info("submitted %s (job %s), JVM start %.1fs", job_name, handle.job_id, jvm_s)
     return handle
 

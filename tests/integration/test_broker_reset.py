@@ -5,15 +5,18 @@ new log from offset 0 as if nothing had happened."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from infra.clickhouse import connect
+from infra.connectors import Endpoints
 from infra.kafka import ensure_topics
 from infra.local import TansuBroker, free_port
 from infra.settings import REPO_ROOT, Settings
@@ -82,3 +85,62 @@ def test_writer_stops_on_a_broker_that_lost_its_data(tmp_path: Path) -> None:
     with connect(s.clickhouse_url) as store:  # nothing of the new log was written
         n = store.query("SELECT count() AS n FROM candles FINAL")[0]["n"]
     assert n == 300
+
+
+def test_flink_job_stops_on_a_broker_that_lost_its_data(tmp_path: Path) -> None:
+    """The candles job (local MiniCluster, checkpointed) has read and checkpointed 300 trades
+    when the broker restarts and loses them; the recreated topic gets 100 new trades. Flink's
+    source does not notice (Tansu answers its fetch at offset 300 with nothing): the job
+    would wait forever, or, on a broker that answers out-of-range, reset to offset 0 with
+    'earliest-offset'. The job's handle sees the topic recreated (new topic id), cancels the
+    job and raises BrokerReset; the new log's trades make no candles."""
+    from infra.kafka import BrokerReset, read_all
+    from jobs import candles
+    from jobs.ingest.replay import load_trades, repeated_messages
+    from tests.conftest import TRADES_PARQUET
+
+    port = free_port()
+    tag = uuid.uuid4().hex[:8]
+    s = Settings(
+        kafka_bootstrap=f"127.0.0.1:{port}",
+        state_dir=tmp_path / "state",
+        topic_trades=f"trades_{tag}",
+        topic_trades_dlq=f"trades_dlq_{tag}",
+        topic_trades_late=f"trades_late_{tag}",
+        topic_candles=f"candles_{tag}",
+        group_id=f"candles_{tag}",
+        checkpoint_interval_ms=1_000,
+    )
+    topics = [s.topic_trades, s.topic_trades_dlq, s.topic_trades_late, s.topic_candles]
+    trades = [json.dumps(m).encode() for m in repeated_messages(load_trades(TRADES_PARQUET))]
+    broker = TansuBroker(port=port, state_dir=tmp_path / "broker")
+    broker.start()
+    ensure_topics(s.kafka_bootstrap, topics)
+    produce(s.kafka_bootstrap, s.topic_trades, trades[:300])
+    handle = candles.submit(Endpoints(s))  # unbounded
+    job = handle.result.get_job_client()
+    try:
+        assert set(handle.watch) == {s.topic_trades} and handle.watch[s.topic_trades]
+        deadline = time.monotonic() + 120  # a checkpoint commits the source's offsets
+        while committed(s.kafka_bootstrap, s.group_id, s.topic_trades) != 300:
+            assert time.monotonic() < deadline, "the job never committed offset 300"
+            time.sleep(0.5)
+        broker.stop()  # a restart: memory storage keeps nothing
+        broker = TansuBroker(port=port, state_dir=tmp_path / "broker")
+        broker.start()
+        ensure_topics(s.kafka_bootstrap, topics)
+        produce(s.kafka_bootstrap, s.topic_trades, trades[300:400])  # the log ends at 100
+        t0 = time.monotonic()
+        with pytest.raises(BrokerReset) as reset:
+            handle.wait()
+        took = time.monotonic() - t0
+        candles_out = read_all(s.kafka_bootstrap, s.topic_candles, idle_timeout_s=2)
+    finally:
+        with contextlib.suppress(Exception):  # a MiniCluster ends with its job
+            job.cancel().result()
+        broker.stop()
+    assert "cancelled" in str(reset.value), reset.value
+    assert f"topic {s.topic_trades}" in str(reset.value), reset.value
+    assert "lost" in str(reset.value), reset.value
+    assert candles_out == [], candles_out[:3]
+    print(f"\nBrokerReset {took:.1f} s after the restart: {reset.value}")
