@@ -278,7 +278,27 @@ def freshness(s: Settings, minutes: float = 15.0) -> dict[str, Any]:
             "max_ms": int(r["max_ms"]),
             "last_window_end": _ms_iso(r["last_window_end_ms"]),
         }
-    return {"state": "ok", "url": url, "window_minutes": minutes, "stages": stages}
+    out: dict[str, Any] = {"state": "ok", "url": url, "window_minutes": minutes, "stages": stages}
+    note = historical_note(stages, time.time() * 1000)
+    if note:
+        out["note"] = note
+    return out
+
+
+HISTORICAL_AFTER_MS = 86_400_000  # newest bar older than this: the data is a replay
+
+
+def historical_note(stages: dict[str, Any], now_ms: float) -> str | None:
+    """A note when the newest window of every stage ended more than a day ago: the lags are
+    then the age of replayed bars (e.g. the demo's 2021 data), not a live feed's delay."""
+    ends = [int(st["last_window_end_ms"]) for st in stages.values() if "last_window_end_ms" in st]
+    if not ends or now_ms - max(ends) <= HISTORICAL_AFTER_MS:
+        return None
+    days = (now_ms - max(ends)) / 86_400_000
+    return (
+        f"historical data: the newest window ended {_ms_iso(max(ends))}, {days:,.0f} days ago; "
+        "the lags are the age of replayed bars, not the delay of a live feed"
+    )
 
 
 def _tables(store: Any) -> set[str]:
@@ -381,3 +401,5 @@ def render(r: dict[str, Any], out: Any) -> None:
     if not fr["stages"]:
         t.add_row("(no rows yet)", "", "", "", "", "", "")
     out.print(t)
+    if fr.get("note"):
+        out.print(f"[yellow]note[/yellow]: {fr['note']}", soft_wrap=True)

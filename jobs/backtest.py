@@ -25,12 +25,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import secrets
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,7 +38,7 @@ import numpy as np
 import pandas as pd
 from pydantic import SecretStr
 
-from infra.settings import REPO_ROOT, Settings, mask_url, redact
+from infra.settings import Settings, mask_url, redact
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int], None]
@@ -200,70 +196,17 @@ def read_topic(bootstrap: str, topic: str) -> pd.DataFrame:
 # ---------------------------------------------------------------------------- serving
 @contextmanager
 def serve(settings: Settings, bentoml_home: Path, tag: str, log_path: Path) -> Iterator[str]:
-    """`bentoml serve` of the predictor on a free port; yields its base URL."""
-    from infra.local import free_port
+    """`bentoml serve` of the predictor on a free port (jobs/serve.py, the one launcher),
+    serving ``tag`` without polling for newer models; yields its base URL."""
+    from jobs.serve import predictor_env, serve_predictor
 
-    port = free_port()
-    env = {
-        **os.environ,
-        "BENTOML_HOME": str(bentoml_home),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "CANDLEFLOW_STATE_DIR": str(settings.state_dir),
-        "CANDLEFLOW_FEAST_DIR": str(settings.feast_home),
-        "CANDLEFLOW_FEAST_PROJECT": settings.feast_project,
-        "CANDLEFLOW_REDIS_HOST": settings.redis_host,
-        "CANDLEFLOW_REDIS_PORT": str(settings.redis_port),
-        "CANDLEFLOW_MODEL_NAME": settings.model_name,
-        "CANDLEFLOW_SERVING_MODEL_TAG": tag,
-        "CANDLEFLOW_SERVING_MODEL_POLL_S": "0",
-    }
-    if settings.redis_password is not None:
-        env["CANDLEFLOW_REDIS_PASSWORD"] = settings.redis_password.get_secret_value()
-    if settings.serving_admin_token is not None:  # the schedule names a model per bar
-        env["CANDLEFLOW_SERVING_ADMIN_TOKEN"] = settings.serving_admin_token.get_secret_value()
-    out = open(log_path, "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "bentos.predictor.service:Predictor",
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    env = predictor_env(
+        settings.model_copy(update={"serving_model_poll_s": 0.0}),
+        bentoml_home=bentoml_home,
+        model_tag=tag,
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"bentoml serve exited ({proc.returncode}); see {log_path}:\n"
-                    + log_path.read_text()[-2000:]
-                )
-            try:
-                with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"bentoml serve not ready after 120 s; see {log_path}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        from jobs.procs import stop_tree
-
-        stop_tree(proc)  # the arbiter and every worker it forked
-        out.close()
+    with serve_predictor(env, log_path) as p:
+        yield p.url
 
 
 # ------------------------------------------------------------------------------- run
@@ -548,6 +491,15 @@ def markdown(r: dict[str, Any]) -> str:
         "|---|---:|---:|",
         *[f"| {n} | {_f(m.get(a), f)} | {_f(m.get(b), f)} |" for n, a, b, f in rows],
         "",
+        *(
+            []
+            if m.get("annualised", True)
+            else [
+                f"CAGR, Sharpe and Sortino are not annualised from {_f(m.get('days'), '.1f')} "
+                "days (n/a under 30 days).",
+                "",
+            ]
+        ),
         f"- round trips: {m.get('round_trips')}, win rate {_f(m.get('win_rate'), '.1%')}",
         f"- turnover: {_f(m.get('turnover'), '.2f')}x mean equity; fees paid "
         f"{_f(m.get('fees_paid'), ',.2f')}",

@@ -26,6 +26,7 @@ from rich.table import Table
 
 from infra.settings import Settings, get_settings
 from jobs.grafana import grafana_app
+from jobs.serve import serve_cmd
 from jobs.submit import CONTEXT_SETTINGS as SUBMIT_CONTEXT
 from jobs.submit import submit as submit_cmd
 
@@ -69,6 +70,7 @@ app.add_typer(feast_app, name="feast")
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(grafana_app, name="grafana")
 app.command("submit", context_settings=SUBMIT_CONTEXT)(submit_cmd)  # jobs/submit.py
+app.command("serve")(serve_cmd)  # jobs/serve.py
 
 
 class Target(StrEnum):
@@ -214,7 +216,10 @@ def demo(
         None, help="trades file (default: the real Binance sample in ../shared/data)"
     ),
 ) -> None:
-    """End to end on local defaults: up -> replay real trades -> candles job -> summary."""
+    """End to end on local services and real data: up -> replay real trades -> candles job;
+    then a backtest on real 1m klines: features job -> feature writer (Feast + Redis +
+    ClickHouse) -> walk-forward XGBoost -> bentoml serve -> strategy job -> trading writer
+    -> report; a summary of where everything is. Then `candleflow serve --backtest last`."""
     from jobs.demo import run_demo
 
     s = get_settings()

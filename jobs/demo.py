@@ -64,6 +64,13 @@ class PeakMemory:
 
 # The demo's rules: the default entry threshold (0.10) is rarely reached by a model trained
 # on a few days; these trade often enough to show every part (udfs/strategy_rules.md).
+# what the demo's summary and the README's quick start tell a user to run next (a test runs
+# the request against a backtest's served model: tests/integration/test_backtest.py)
+SERVE_LINE = ".venv/bin/candleflow serve --backtest last"
+CURL_LINE = (
+    "curl -s -X POST http://127.0.0.1:3000/predict -H 'Content-Type: application/json' "
+    """-d '{"symbols": ["BTCUSDT"], "timeframe": "1m", "max_staleness_s": 1e10}'"""
+)
 DEMO_STRATEGY = {
     "entry_threshold": 0.03,
     "exit_threshold": -0.02,
@@ -247,16 +254,13 @@ def _run_demo(
         "pipeline topics": r["topics"],
         "clickhouse": r["clickhouse"]["url"],
         "clickhouse tables": (
-            "features trading_predictions trading_orders trading_fills trading_equity pnl_daily"
+            "features trading_predictions trading_orders trading_fills trading_equity "
+            "pnl_daily_view"
         ),
         "feast": f"project {res.run_id}, registry + offline under {res.out_dir / 'feast'}",
         "models (walk-forward)": tags,
         "bentoml model store": "$BENTOML_HOME (default ~/bentoml): bentoml models list",
-        "serve the last model": (
-            f"CANDLEFLOW_SERVING_MODEL_TAG={tags[-1]} CANDLEFLOW_FEAST_PROJECT={res.run_id} "
-            f"CANDLEFLOW_FEAST_DIR={res.out_dir / 'feast'} "
-            "bentoml serve bentos.predictor.service:Predictor  # http://127.0.0.1:3000/docs"
-        ),
+        "serve the last model": SERVE_LINE,
         "online predictions (during the demo)": r.get("serving_check"),
         "orders / fills": f"{len(res.orders)} / {len(res.fills)}",
         "report": str(res.out_dir / "report.md"),
@@ -273,6 +277,9 @@ def _run_demo(
     console.print(
         "The local stack keeps running: `candleflow status`, `candleflow down` (or `make down`)."
     )
+    # printed whole (a table cell is cut to the terminal's width): both lines run as they are
+    console.print(f"Serve the last model:  {SERVE_LINE}", soft_wrap=True)
+    console.print(f"Then ask it:  {CURL_LINE}", soft_wrap=True)
     (res.out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 

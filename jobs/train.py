@@ -544,17 +544,24 @@ def write_report(
     folds = report["folds"]
     ks = [f["fold"] for f in folds]
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for ax, key, title in zip(
+    # a marker and line style per predictor: two baselines that score the same stay visible
+    styles = {"model": ("o", "-", 7), "always_flat": ("s", "--", 10), "momentum": ("^", ":", 6)}
+    for ax, key, title, ylabel in zip(
         axes,
         ("log_loss", "auc_ovr", "hit_rate"),
         ("log loss (lower is better)", "AUC one-vs-rest (macro)", "top-decile hit rate"),
+        ("log loss", "AUC", "hit rate"),
         strict=True,
     ):
-        for name in ("model", "always_flat", "momentum"):
+        for name, (marker, line, size) in styles.items():
             vals = [f[name][key] if f[name][key] is not None else np.nan for f in folds]
-            ax.plot(ks, vals, marker="o", label=name)
+            ax.plot(
+                ks, vals, marker=marker, linestyle=line, markersize=size, label=name,
+                markerfacecolor="none" if name != "model" else None,
+            )  # fmt: skip
         ax.set_title(title)
         ax.set_xlabel("fold")
+        ax.set_ylabel(ylabel)
         ax.set_xticks(ks)
     axes[0].legend()
     fig.tight_layout()

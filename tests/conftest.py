@@ -7,6 +7,7 @@ are unique per test (``topics`` fixture).
 
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +20,11 @@ from infra.settings import SHARED_DATA, Settings
 
 TRADES_PARQUET = SHARED_DATA / "binance_trades_sample.parquet"
 CANDLES_CSV = SHARED_DATA / "binance_1m_top5_2021.csv.gz"
+
+# a run started in the background of a non-interactive shell inherits SIGINT ignored, and so
+# would every subprocess it starts; the Ctrl-C tests (replay, live ingest) need the default
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

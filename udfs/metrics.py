@@ -43,6 +43,10 @@ DAY_MS = 86_400_000
 YEAR_MS = 365 * DAY_MS  # crypto markets trade every day
 
 PERF_KEYS = ("total_return", "cagr", "sharpe", "sortino", "max_drawdown")
+ANNUALISED_KEYS = ("cagr", "sharpe", "sortino")
+# shorter runs get no annualised figures (NaN): one day's return compounded over a year says
+# nothing (a CAGR of 10,977,449 % from a +2.6 % day)
+MIN_ANNUALISE_DAYS = 30.0
 
 
 def periods_per_year(timeframe: str = "1m") -> float:
@@ -148,13 +152,15 @@ def backtest_metrics(
     bars: pd.DataFrame | None = None,
     timeframe: str = "1m",
     initial_cash: float | None = None,
+    min_annualise_days: float = MIN_ANNUALISE_DAYS,
 ) -> dict[str, Any]:
     """Strategy metrics and (with ``bars``) the same return metrics of buy-and-hold (``bh_*``).
 
-    Keys: periods, periods_per_year, final_equity, total_return, cagr, sharpe, sortino,
-    max_drawdown, round_trips, win_rate, turnover, fill_notional, fees_paid, and with bars
-    bh_final_equity, bh_total_return, bh_cagr, bh_sharpe, bh_sortino, bh_max_drawdown.
-    NaN where undefined (no returns, no round trips, zero dispersion).
+    Keys: periods, periods_per_year, days, annualised, final_equity, total_return, cagr,
+    sharpe, sortino, max_drawdown, round_trips, win_rate, turnover, fill_notional, fees_paid,
+    and with bars bh_final_equity, bh_total_return, bh_cagr, bh_sharpe, bh_sortino,
+    bh_max_drawdown. NaN where undefined (no returns, no round trips, zero dispersion) and,
+    for CAGR, Sharpe and Sortino, when the run covers fewer than ``min_annualise_days``.
     """
     values = equity["equity"].to_numpy(dtype=np.float64)
     out: dict[str, Any] = {
@@ -181,6 +187,13 @@ def backtest_metrics(
         out["bh_final_equity"] = float(bh[-1]) if len(bh) else math.nan
         bh_perf = performance(simple_returns(bh, initial_cash), timeframe)
         out.update({f"bh_{k}": v for k, v in bh_perf.items()})
+    out["days"] = len(values) / out["periods_per_year"] * 365.0
+    out["annualised"] = out["days"] >= min_annualise_days
+    if not out["annualised"]:
+        for k in ANNUALISED_KEYS:
+            out[k] = math.nan
+            if f"bh_{k}" in out:
+                out[f"bh_{k}"] = math.nan
     return out
 
 

@@ -170,3 +170,66 @@ def test_report_and_clickhouse(runs) -> None:
     assert set(summary.orders["client_order_id"]) == set(a.orders["client_order_id"])
     assert len(summary.fills) == len(a.fills)
     assert summary.equity["equity"].iloc[-1] == pytest.approx(m["final_equity"])
+
+
+def test_readme_request_against_the_served_model(runs, tmp_path: Path) -> None:
+    """What the README's quick start and the demo's summary say to run after `make demo`:
+    `candleflow serve --backtest ...`, then the curl request (its JSON body, on the
+    service's port), on the backtest's 2021 features: 200 with the backtest's last model."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from infra.flink_cluster import settings_env
+    from infra.local import free_port
+    from infra.settings import REPO_ROOT
+    from jobs.demo import CURL_LINE, SERVE_LINE
+    from jobs.procs import stop_tree
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert SERVE_LINE in readme and CURL_LINE in readme
+    body = re.search(r"-d '(\{.*\})'", CURL_LINE)
+    assert body is not None
+    base, (run, _) = runs
+    port = free_port()
+    cli = Path(sys.executable).parent / "candleflow"
+    args = [*SERVE_LINE.split()[1:-1], str(run.out_dir), "--port", str(port)]  # not `last`
+    env = os.environ | settings_env(base)
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(cli), *args], cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
+        req = urllib.request.Request(
+            url + "/predict", data=body.group(1).encode(),
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(req, timeout=30) as r:
+            assert r.status == 200
+            answer = json.loads(r.read())
+    finally:
+        stop_tree(proc)
+    last = run.report["walk_forward"]["models"][-1]["tag"]
+    assert answer["model_tag"] == last
+    [pred] = answer["predictions"]
+    assert pred["symbol"] == "BTCUSDT" and pred["timeframe"] == "1m"
+    probs = pred["probabilities"]
+    assert abs(sum(probs.values()) - 1) < 1e-6
+    assert pred["event_time"].startswith("2021-04-20T23:59:59.999")

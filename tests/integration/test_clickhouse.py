@@ -48,6 +48,7 @@ TABLES = {
     "equity",
     "pnl_daily",
     "pnl_daily_mv",
+    "pnl_daily_view",
     "trading_predictions",
     "trading_orders",
     "trading_fills",

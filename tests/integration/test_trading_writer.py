@@ -398,6 +398,14 @@ def test_topics_to_clickhouse_exactly_replays_change_nothing(
         # pnl_daily (materialized view from trading_equity) == pandas over the messages
         daily = pnl_daily_pandas(messages.equity)
         assert pnl_daily_clickhouse(store) == daily
+        # ... and its readable view (migration 007) says the same, plus the day's P&L
+        view = store.query(
+            "SELECT toString(day) AS day, open_equity, close_equity, min_equity, max_equity, "
+            "realized_pnl, fees_paid, last_bar_end_ms, pnl FROM pnl_daily_view "
+            f"WHERE strategy = '{STRATEGY}' ORDER BY day"
+        )
+        assert [{k: v for k, v in r.items() if k != "pnl"} for r in view] == daily
+        assert [r["pnl"] for r in view] == [d["close_equity"] - d["open_equity"] for d in daily]
 
         # replay 1: the same group from the beginning; replay 2: a new group. Every row is
         # inserted again (the rejected orders' `new` rows arrive after their rejection)

@@ -115,7 +115,9 @@ def test_equal_weight_buy_and_hold() -> None:
 
 def test_backtest_metrics_hand_computed() -> None:
     equity = pd.DataFrame({"bar_end_ms": [1, 2, 3, 4], "equity": [v * 10 for v in EQUITY]})
-    m = backtest_metrics(equity, _fills(), _bars(), timeframe="1d", initial_cash=1000.0)
+    m = backtest_metrics(
+        equity, _fills(), _bars(), timeframe="1d", initial_cash=1000.0, min_annualise_days=0
+    )
     assert m["periods"] == 4 and m["periods_per_year"] == 365.0
     assert m["final_equity"] == pytest.approx(1089.0)
     assert m["total_return"] == pytest.approx(0.089)
@@ -158,3 +160,18 @@ def test_plot_backtest_writes_pngs(tmp_path: Path) -> None:
         data = p.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5_000
     assert plot_backtest(equity, None, tmp_path / "alone")[0].exists()
+
+
+def test_no_annualised_figures_under_30_days() -> None:
+    """4 daily bars: CAGR, Sharpe and Sortino (strategy and buy-and-hold) are NaN; the
+    plain figures stay. 30 daily bars are annualised."""
+    equity = pd.DataFrame({"bar_end_ms": [1, 2, 3, 4], "equity": [v * 10 for v in EQUITY]})
+    m = backtest_metrics(equity, _fills(), _bars(), timeframe="1d", initial_cash=1000.0)
+    assert m["days"] == pytest.approx(4.0) and m["annualised"] is False
+    for k in ("cagr", "sharpe", "sortino", "bh_cagr", "bh_sharpe", "bh_sortino"):
+        assert math.isnan(m[k]), k
+    assert m["total_return"] == pytest.approx(0.089)
+    assert m["bh_total_return"] == pytest.approx(0.05)
+    month = pd.DataFrame({"bar_end_ms": range(30), "equity": np.linspace(1000.0, 1100.0, 30)})
+    m = backtest_metrics(month, _fills().iloc[:0], None, timeframe="1d", initial_cash=1000.0)
+    assert m["annualised"] is True and m["cagr"] == pytest.approx(1.1 ** (365 / 30) - 1)
