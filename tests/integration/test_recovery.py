@@ -58,10 +58,11 @@ KEYS = ("symbol", "timeframe", "window_start_ms")
 
 
 # ------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module")
-def cluster(state_dir: Path) -> Iterator[FlinkCluster]:
+def standalone_cluster(state_dir: Path) -> Iterator[FlinkCluster]:
+    """A JobManager + 1 TaskManager (2 slots) on random ports; stopped at the end, with any
+    replacement TaskManager a test started."""
     s = Settings(
-        state_dir=state_dir / "recovery",
+        state_dir=state_dir,
         flink_rest_port=free_port(),
         flink_rpc_port=free_port(),
         flink_taskmanagers=1,
@@ -75,6 +76,11 @@ def cluster(state_dir: Path) -> Iterator[FlinkCluster]:
     for pid in c.taskmanager_pids():  # a replacement TaskManager started by a test
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def cluster(state_dir: Path) -> Iterator[FlinkCluster]:
+    yield from standalone_cluster(state_dir / "recovery")
 
 
 def produce(bootstrap: str, topic: str, items: list[tuple[str, bytes]]) -> dict[int, int]:

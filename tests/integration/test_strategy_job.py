@@ -51,14 +51,21 @@ ATOL = 1e-9
 
 
 # ------------------------------------------------------------------------------ fixtures
-@pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Env:
-    tmp = tmp_path_factory.mktemp("strategy_model")
+def trained_model(
+    tmp_path_factory: pytest.TempPathFactory, redis: RedisServer, model_name: str
+) -> Env:
+    """An XGBoost model (30 rounds) on the first TRAIN_BARS real 1m candles of SYMBOLS."""
+    tmp = tmp_path_factory.mktemp(model_name)
     home = use_bentoml_home(tmp_path_factory)
     candles = pd.read_csv(CANDLES_CSV)
     candles = candles[candles.symbol.isin(SYMBOLS)].sort_values(["ts_ms", "symbol"])
     candles = candles.groupby("symbol").head(TRAIN_BARS)
-    return train_env(tmp, home, redis_server, candles, model_name="cf_strategy_model", rounds=30)
+    return train_env(tmp, home, redis, candles, model_name=model_name, rounds=30)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Env:
+    return trained_model(tmp_path_factory, redis_server, "cf_strategy_model")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ may repeat some).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import time
@@ -30,7 +29,7 @@ import pytest
 
 from infra.clickhouse import TRADING_TABLES, connect
 from infra.flink_cluster import FlinkCluster
-from infra.local import ClickHouseServer, RedisServer, TansuBroker, free_port
+from infra.local import ClickHouseServer, RedisServer, TansuBroker
 from infra.settings import Settings
 from jobs.trading_writer import TradingWriter, trading_config
 from tests.conftest import CANDLES_CSV
@@ -39,18 +38,26 @@ from tests.integration.predictor_fixtures import (
     SERVICE_TARGET,
     BentoServer,
     Env,
-    train_env,
-    use_bentoml_home,
 )
-from tests.integration.test_recovery import count_topic, tasks_running, wait_for
-from tests.integration.test_strategy_job import job_settings, knowledge_end, outputs_to, produce
+from tests.integration.test_recovery import (
+    count_topic,
+    standalone_cluster,
+    tasks_running,
+    wait_for,
+)
+from tests.integration.test_strategy_job import (
+    job_settings,
+    knowledge_end,
+    outputs_to,
+    produce,
+    trained_model,
+)
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 STRATEGY_JOB = ROOT / "jobs" / "strategy.py"
 JOB_NAME = "candleflow-strategy"
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
-TRAIN_BARS = 400
 FROM_BAR = 450  # after the model's knowledge end: every prediction is `ok`
 BARS = 6_000  # per symbol: 11,100 rows to score and trade, ~4 days of 1m bars
 # rows per /score call: small, so the job runs long enough to be killed mid-run
@@ -65,31 +72,12 @@ KEYS = {
 # ------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
 def cluster(state_dir: Path) -> Iterator[FlinkCluster]:
-    s = Settings(
-        state_dir=state_dir / "strategy_recovery",
-        flink_rest_port=free_port(),
-        flink_rpc_port=free_port(),
-        flink_taskmanagers=1,
-        flink_slots_per_tm=2,
-        flink_tm_memory="1800m",
-    )
-    c = FlinkCluster(s)
-    c.start()
-    yield c
-    c.stop()
-    for pid in c.taskmanager_pids():  # the replacement TaskManager
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    yield from standalone_cluster(state_dir / "strategy_recovery")
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Env:
-    tmp = tmp_path_factory.mktemp("strategy_recovery_model")
-    home = use_bentoml_home(tmp_path_factory)
-    candles = pd.read_csv(CANDLES_CSV)
-    candles = candles[candles.symbol.isin(SYMBOLS)].sort_values(["ts_ms", "symbol"])
-    candles = candles.groupby("symbol").head(TRAIN_BARS)
-    return train_env(tmp, home, redis_server, candles, model_name="cf_recovery_model", rounds=30)
+    return trained_model(tmp_path_factory, redis_server, "cf_recovery_model")
 
 
 @pytest.fixture(scope="module")
