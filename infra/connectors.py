@@ -197,10 +197,10 @@ class Endpoints:
         """Placeholders of sql/flink/strategy.sql: the features source, the four sinks
         (predictions, orders, fills, equity; JSON values, Kafka keys), the filter (timeframe,
         bars with ``from_ms <= window_end_ms <= to_ms``; None = unbounded) and the predict
-        UDF's arguments (the model's feature list, jobs.train.FEATURES)."""
-        from jobs.train import FEATURES
+        UDF's arguments (the model's feature list, udfs.model_features.FEATURES)."""
         from udfs.flink_strategy import output_columns, sql_columns
         from udfs.indicators import FEATURE_NAMES
+        from udfs.model_features import FEATURES
 
         s = self.settings
         return {

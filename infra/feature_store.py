@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from infra.settings import Settings
+from udfs.contract import PRICE_COLUMNS
 from udfs.indicators import FEATURE_NAMES
 
 if TYPE_CHECKING:
@@ -57,7 +58,6 @@ ENTITY_KEYS = ("symbol", "timeframe")
 EVENT_TS = "event_time"  # feature rows: the bar's last millisecond
 CREATED_TS = "computed_at"  # feature rows: when the features job computed the row
 ENTITY_TS = "event_timestamp"  # entity dataframes (Feast's default name)
-PRICE_COLUMNS = ("open", "high", "low", "close", "volume", "vwap")
 BAR_COLUMNS = ("window_start_ms", "window_end_ms")
 # columns of one offline row, in file order
 COLUMNS: tuple[str, ...] = (

@@ -105,8 +105,17 @@ def build(
     )
 
     s = endpoints.settings
-    config = load_strategy_config(s)
-    t_env.create_temporary_function("predict", predict_udf(s))
+    config = load_strategy_config(s.strategy_config, s.strategy_id)
+    token = s.serving_admin_token.get_secret_value() if s.serving_admin_token else None
+    predict = predict_udf(
+        s.predictor_url,
+        s.predict_timeout_s,
+        s.predict_retries,
+        s.predict_circuit_open_s,
+        s.predict_model_schedule,
+        token,
+    )
+    t_env.create_temporary_function("predict", predict)
     inserts: list[str] = []
     for stmt in load_statements(SQL_FILE, endpoints.strategy_params(from_ms, to_ms)):
         if is_insert(stmt):

@@ -47,20 +47,15 @@ from infra.feature_store import (
     ENTITY_KEYS,
     ENTITY_TS,
     INDICATORS_VIEW,
-    PRICE_COLUMNS,
     SERVICE,
 )
 from infra.settings import Settings
 from jobs.dataset import CLASSES, parse_labels, timeframe_ms
-from udfs.indicators import FEATURE_NAMES
+from udfs.model_features import CANDLE_FEATURES, FEATURES, INDICATOR_FEATURES
 
 log = logging.getLogger(__name__)
 
-# the model_v1 feature service's features, in the order Feast returns them (a test checks
-# this against the Feast definition; the service checks it against the registry at start)
-CANDLE_FEATURES: tuple[str, ...] = (*PRICE_COLUMNS, "trade_count")
-INDICATOR_FEATURES: tuple[str, ...] = (*FEATURE_NAMES, "features_ready")
-FEATURES: tuple[str, ...] = (*CANDLE_FEATURES, *INDICATOR_FEATURES)
+# the model's features (udfs/model_features.py), grouped by the Feast view that holds them
 FEATURE_VIEWS: dict[str, list[str]] = {
     CANDLES_VIEW: list(CANDLE_FEATURES),
     INDICATORS_VIEW: list(INDICATOR_FEATURES),

@@ -1,6 +1,7 @@
-"""Limits shared by the prediction service and its callers: defined here once, at the
-bottom of the layers (no imports), so the service, the strategy job's client and the tests
-derive them from one place."""
+"""Contracts shared across layers: defined here once, at the bottom of the layers (no
+imports), so the service, the jobs, the stores and the tests derive them from one place:
+limits, the label's classes, the serving symbol/timeframe rules, timeframes, the price
+columns of a candle."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from __future__ import annotations
 MAX_ITEMS = 4096
 # largest request body of those endpoints (16 MiB: 4,096 /score items of ~60 features)
 MAX_BODY_BYTES = 16 * 1024 * 1024
+
+# a candle's price and volume columns, in the order every store and message holds them
+PRICE_COLUMNS = ("open", "high", "low", "close", "volume", "vwap")
 
 # the classes of the model's label, in the order of its probabilities
 CLASSES = ("down", "flat", "up")

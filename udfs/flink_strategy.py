@@ -31,7 +31,6 @@ from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 from pyflink.table import DataTypes
 from pyflink.table.udf import ScalarFunction, UserDefinedScalarFunctionWrapper, udf
 
-from infra.settings import Settings
 from udfs.predict_client import PREDICTION_COLUMNS, PredictClient, load_schedule
 from udfs.strategy import (
     EQUITY_COLUMNS,
@@ -81,11 +80,10 @@ FILLS_TAG = OutputTag("fills", row_type("fills"))
 EQUITY_TAG = OutputTag("equity", row_type("equity"))
 
 
-def load_strategy_config(settings: Settings) -> StrategyConfig:
-    """``StrategyConfig`` from ``settings.strategy_config`` (JSON or YAML file) if set, else
-    defaults; ``strategy_id`` defaults to ``settings.strategy_id``."""
-    values: dict[str, Any] = {"strategy_id": settings.strategy_id}
-    path = settings.strategy_config
+def load_strategy_config(path: Path | str | None, strategy_id: str) -> StrategyConfig:
+    """``StrategyConfig`` from ``path`` (JSON or YAML file) if set, else defaults;
+    ``strategy_id`` unless the file sets one."""
+    values: dict[str, Any] = {"strategy_id": strategy_id}
     if path is not None and str(path):
         text = Path(path).read_text()
         if Path(path).suffix.lower() in (".yaml", ".yml"):
@@ -156,27 +154,30 @@ class PredictFunction(ScalarFunction):
 
 
 def predict_udf(
-    settings: Settings, features: Sequence[str] | None = None
+    url: str,
+    timeout_s: float,
+    retries: int,
+    circuit_open_s: float,
+    schedule_path: Path | str | None = None,
+    admin_token: str | None = None,
+    features: Sequence[str] | None = None,
 ) -> UserDefinedScalarFunctionWrapper:
-    """The ``predict`` pandas UDF for ``settings`` (URL, timeout, retries, circuit, schedule)."""
+    """The ``predict`` pandas UDF: the service at ``url`` with that timeout, retries and
+    circuit; ``schedule_path``: a model per time (a backtest's); ``admin_token``: sent only
+    with a schedule (naming a model per item needs it)."""
     if features is None:
-        from jobs.train import FEATURES
+        from udfs.model_features import FEATURES
 
         features = FEATURES
-    schedule = [
-        {"from_ms": e.from_ms, "tag": e.tag} for e in load_schedule(settings.predict_model_schedule)
-    ]
+    schedule = [{"from_ms": e.from_ms, "tag": e.tag} for e in load_schedule(schedule_path)]
     fn = PredictFunction(
-        settings.predictor_url,
-        settings.predict_timeout_s,
-        settings.predict_retries,
-        settings.predict_circuit_open_s,
+        url,
+        timeout_s,
+        retries,
+        circuit_open_s,
         schedule,
         features,
-        # only a schedule names models per item, which needs the admin token
-        settings.serving_admin_token.get_secret_value()
-        if schedule and settings.serving_admin_token
-        else None,
+        admin_token if schedule else None,
     )
     return udf(fn, result_type=prediction_result_type(), func_type="pandas")
 

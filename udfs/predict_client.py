@@ -192,7 +192,7 @@ class PredictClient:
         admin_token: str | None = None,
     ) -> None:
         if features is None:
-            from jobs.train import FEATURES
+            from udfs.model_features import FEATURES
 
             features = FEATURES
         self.url = url.rstrip("/") + "/score"
