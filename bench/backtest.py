@@ -1,6 +1,6 @@
 """Backtest throughput: the full replay through the real jobs vs a vectorized ceiling.
 
-- ``pipeline``: ``jobs.backtest.run_backtest`` on real 2021 1m klines (``--symbols``,
+- ``pipeline``: ``jobs.backtest.run.run_backtest`` on real 2021 1m klines (``--symbols``,
   ``--history-days`` of training history + ``--days`` traded): Tansu broker, features job
   (Flink MiniCluster), feature writer (Feast offline + Redis + chDB), walk-forward XGBoost,
   ``bentoml serve``, strategy job (/score + strategy + paper broker), trading writer,
@@ -46,7 +46,7 @@ def ceiling(res: Any, klines: pd.DataFrame, start_ms: int, end_ms: int) -> dict[
     """Vectorized features + predictions + rules over the same klines and models."""
     import bentoml
 
-    from jobs.train import FEATURES
+    from jobs.ml.train import FEATURES
     from udfs.indicators import FEATURE_NAMES, INPUTS, compute_series
     from udfs.strategy import StrategyConfig, run_batch
 
@@ -58,7 +58,7 @@ def ceiling(res: Any, klines: pd.DataFrame, start_ms: int, end_ms: int) -> dict[
         frames.append(pd.concat([g, f], axis=1))
     feats = pd.concat(frames, ignore_index=True)
     feats["bar_end_ms"] = feats["ts_ms"] + 60_000
-    feats["trade_count"] = 1  # what the replayed candles carry (jobs.features.kline_message)
+    feats["trade_count"] = 1  # what the replayed candles carry (jobs.flink.features.kline_message)
     feats["features_ready"] = feats[list(FEATURE_NAMES)].notna().all(axis=1)
     t_feat = time.perf_counter() - t0
     bars = feats[
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(HERE.parent))
     from infra.local import RedisServer, TansuBroker, free_port
     from infra.settings import Settings
-    from jobs.backtest import BacktestConfig, load_klines, run_backtest
+    from jobs.backtest.run import BacktestConfig, load_klines, run_backtest
 
     broker = TansuBroker(port=free_port(), state_dir=tmp)
     redis = RedisServer(port=free_port(), state_dir=tmp)

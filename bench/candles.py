@@ -137,7 +137,7 @@ def raw_confluent(bootstrap: str, topic: str, n: int) -> dict[str, float]:
 def run_flink(s: Settings, end: dict[int, int], sentinel_ts: int) -> dict[str, Any]:
     from infra.connectors import Endpoints
     from infra.kafka import read_all
-    from jobs import candles
+    from jobs.flink import candles
 
     t0 = time.perf_counter()
     handle = candles.submit(Endpoints(s, end_offsets=end))
@@ -162,7 +162,7 @@ def flink_stage_profile(s: Settings, end: dict[int, int], n: int) -> dict[str, f
     """Where Flink's time goes: the same bounded source into a blackhole sink with
     increasing work (each includes job start-up, so these are lower bounds)."""
     from infra.connectors import Endpoints, render_with
-    from jobs.flink_env import table_env
+    from jobs.flink.env import table_env
 
     t_env = table_env(s, "candleflow-bench-profile")
     endpoints = Endpoints(s, end_offsets=end)

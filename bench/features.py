@@ -49,7 +49,7 @@ import pandas as pd
 from bench.common import machine_info, write_report
 from infra.local import TansuBroker, free_port
 from infra.settings import REPO_ROOT, SHARED_DATA, Settings
-from jobs.features import kline_message
+from jobs.flink.features import kline_message
 
 HERE = Path(__file__).resolve().parent
 CANDLES = SHARED_DATA / "binance_1m_top5_2021.csv.gz"

@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from bench.common import machine_info, write_report
-from jobs.procs import stop_tree
+from infra.procs import stop_tree
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -123,8 +123,8 @@ def setup(tmp: Path, rounds: int) -> tuple[Any, Any, list[str], Any]:
     from infra.feature_store import FeatureStoreClient
     from infra.local import RedisServer, free_port
     from infra.settings import Settings
-    from jobs.dataset import CLASSES, feature_rows_from_candles, forward_returns, label_class
-    from jobs.train import FEATURES, TrainConfig, class_index, matrix, save_booster
+    from jobs.ml.dataset import CLASSES, feature_rows_from_candles, forward_returns, label_class
+    from jobs.ml.train import FEATURES, TrainConfig, class_index, matrix, save_booster
 
     redis = RedisServer(port=free_port(), state_dir=tmp)
     redis.start()
@@ -172,7 +172,7 @@ def setup(tmp: Path, rounds: int) -> tuple[Any, Any, list[str], Any]:
 
 def floor(s: Any, client: Any, names: list[str], calls: int) -> dict[str, Any]:
     from bentos.predictor.core import PredictorCore
-    from jobs.train import FEATURES
+    from jobs.ml.train import FEATURES
 
     core = PredictorCore(s, client)
     svc = core.feature_service

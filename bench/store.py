@@ -4,10 +4,10 @@
 
 1. Feature rows: every real 2021 Binance 1m candle of the 5 symbols
    (binance_1m_top5_2021.csv.gz, ~306k bars) -> 30 indicator features per bar with
-   jobs.dataset.feature_rows_from_candles (udfs.indicators.compute_series, the definition the
+   jobs.ml.dataset.feature_rows_from_candles (udfs.indicators.compute_series, the definition the
    Flink features job uses) -> JSON exactly as the features job writes them (ISO timestamps,
    null = not warm) -> produced to a `features` topic on a local Tansu broker (not timed).
-2. Feature writer (jobs/feature_writer.py, default batch settings), once per ClickHouse
+2. Feature writer (jobs/writers/features.py, default batch settings), once per ClickHouse
    backend, each with a fresh consumer group, Feast project/folder and database: Kafka ->
    offline parquet + Feast push to Redis + ClickHouse insert + commit, until idle.
    `rows_per_s_end_to_end` = rows / (last commit - first message received);
@@ -18,7 +18,7 @@
    model_v1 service, 38 features per symbol, `.to_dict()`): 1 symbol and all 5 symbols per
    call, after warm-up; p50/p99/mean over `--reads` calls each; also through the project's
    FeatureStoreClient.online_features (service lookup per call + DataFrame).
-4. Training set: jobs.dataset.build_dataset (Feast get_historical_features on duckdb,
+4. Training set: jobs.ml.dataset.build_dataset (Feast get_historical_features on duckdb,
    point-in-time, 50k entity rows per call, + fwd_ret_5 labels) over the whole offline
    store the writer wrote (every bar of every symbol).
 """
@@ -51,7 +51,7 @@ CANDLES = SHARED_DATA / "binance_1m_top5_2021.csv.gz"
 def feature_messages(rows: int) -> tuple[list[bytes], int]:
     """Real 1m candles -> feature rows -> the features topic's JSON; (messages, symbols)."""
     from infra.clickhouse import features_columns
-    from jobs.dataset import feature_rows_from_candles
+    from jobs.ml.dataset import feature_rows_from_candles
 
     df = pd.read_csv(CANDLES)
     if rows:
@@ -107,7 +107,7 @@ def steady(batch_log: list[tuple[float, int, float]], t0: float) -> dict[str, fl
 
 
 def run_writer(s: Settings, n: int) -> dict[str, Any]:
-    from jobs.feature_writer import FeatureWriter, WriterConfig
+    from jobs.writers.features import FeatureWriter, WriterConfig
 
     t_start = time.monotonic()
     cfg = WriterConfig.from_settings(s, until_idle_s=5, log_every_s=10)
@@ -184,7 +184,7 @@ def online_reads(s: Settings, symbols: list[str], reads: int) -> dict[str, Any]:
 
 def training_set(s: Settings, out_dir: Path) -> dict[str, Any]:
     from infra.feature_store import FeatureStoreClient
-    from jobs.dataset import build_dataset
+    from jobs.ml.dataset import build_dataset
 
     client = FeatureStoreClient(s)
     offline = client.read_offline()

@@ -90,7 +90,7 @@ class Endpoints:
 
     def source_topic_ids(self) -> dict[str, str | None]:
         """The ids of the Kafka sources' topics now (a job watches them: a recreated topic
-        means the broker lost data, :class:`jobs.flink_env.JobHandle`)."""
+        means the broker lost data, :class:`jobs.flink.env.JobHandle`)."""
         if not self.source_topics:
             return {}
         from infra.kafka import topic_ids

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from infra.settings import Settings
+from infra.settings import Settings, settings_env
 
 log = logging.getLogger(__name__)
 
@@ -30,19 +30,6 @@ def flink_home() -> Path:
     import pyflink
 
     return Path(pyflink.__file__).resolve().parent
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as CANDLEFLOW_* variables, so a job process sees the same config."""
-    out: dict[str, str] = {}
-    from pydantic import SecretStr
-
-    for k, v in settings.model_dump().items():
-        if isinstance(v, SecretStr):
-            v = v.get_secret_value()  # else the job would see "**********"
-        if v is not None:  # unset optional paths stay unset (not the string "None")
-            out[f"CANDLEFLOW_{k.upper()}"] = str(v)
-    return out
 
 
 class FlinkCluster:
@@ -61,6 +48,12 @@ class FlinkCluster:
     def jobmanager(self) -> str:
         """REST HOST:PORT of the JobManager: CANDLEFLOW_FLINK_JOBMANAGER or the local one."""
         return self.s.flink_jobmanager or f"127.0.0.1:{self.s.flink_rest_port}"
+
+    def ensure_client_conf(self) -> None:
+        """`flink run` needs a FLINK_CONF_DIR; against a remote JobManager no local cluster
+        may ever have written one (:meth:`start` does)."""
+        if not (self.conf_dir / "config.yaml").exists():
+            self.write_conf()
 
     def write_conf(self) -> None:
         self.conf_dir.mkdir(parents=True, exist_ok=True)

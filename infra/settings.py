@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     feast_dir: Path | None = Field(None, description="registry + offline parquet; STATE_DIR/feast")
     feast_ttl_s: int = Field(7_200, gt=0, description="feature TTL: PIT lookback, staleness")
 
-    # --- training (jobs/train.py) and serving (bentos/predictor) -------------------------
+    # --- training (jobs/ml/train.py) and serving (bentos/predictor) -------------------------
     # the model store is BentoML's own: $BENTOML_HOME (default ~/bentoml)
     model_name: str = Field("candleflow_xgb", description="BentoML model name")
     reports_dir: Path | None = Field(None, description="training reports; STATE_DIR/reports")
@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     # <token>`; without a token set it is disabled (403)
     serving_admin_token: SecretStr | None = Field(None, description="bearer token for /reload")
 
-    # --- feature writer (jobs/feature_writer.py: `features` -> offline + Redis + ClickHouse)
+    # --- feature writer (jobs/writers/features.py: `features` -> offline + Redis + ClickHouse)
     topic_features_dlq: str = "features_dlq"
     writer_group_id: str = "candleflow-feature-writer"
     writer_max_batch: int = Field(5_000, ge=1, description="max messages per micro-batch")
@@ -102,7 +102,7 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9464, ge=0, le=65535, description="writers' /metrics; 0 = off")
     metrics_host: str = Field("127.0.0.1", description="/metrics bind address (0.0.0.0: all)")
 
-    # --- strategy job (jobs/strategy.py) + paper broker (udfs/strategy_rules.md) ---------
+    # --- strategy job (jobs/flink/strategy.py) + paper broker (udfs/strategy_rules.md) ---------
     topic_predictions: str = "predictions"
     topic_orders: str = "orders"
     topic_fills: str = "fills"
@@ -293,3 +293,17 @@ def redact(text: str, s: Settings) -> str:
     for secret in secret_values(s):
         text = text.replace(secret, "***")
     return text
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as ``CANDLEFLOW_*`` variables: the one way settings cross a process
+    boundary (a ``flink run -py`` job, ``bentoml serve``), so that process's
+    :func:`get_settings` reads the same values. Secrets are given in clear (the child
+    needs them); nothing prints this."""
+    out: dict[str, str] = {}
+    for k, v in settings.model_dump().items():
+        if isinstance(v, SecretStr):
+            v = v.get_secret_value()  # else the job would see "**********"
+        if v is not None:  # unset optional paths stay unset (not the string "None")
+            out[f"CANDLEFLOW_{k.upper()}"] = str(v)
+    return out

@@ -69,7 +69,7 @@ def group_ids(s: Settings) -> dict[str, str]:
             value = getattr(s, name)
             if isinstance(value, str) and value:
                 out[name] = value
-    if "group_id" in out:  # jobs/features.py: the candles job's group + "-features"
+    if "group_id" in out:  # jobs/flink/features.py: the candles job's group + "-features"
         out["group_id (features job)"] = out["group_id"] + "-features"
     return out
 

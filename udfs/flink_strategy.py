@@ -1,4 +1,4 @@
-"""Thin PyFlink wrappers of the strategy job (jobs/strategy.py, sql/flink/strategy.sql).
+"""Thin PyFlink wrappers of the strategy job (jobs/flink/strategy.py, sql/flink/strategy.sql).
 
 - :func:`predict_udf`: a vectorized (pandas) scalar UDF. One call = one Arrow batch of
   ``features`` rows = one ``POST /score`` (:class:`udfs.predict_client.PredictClient`); it

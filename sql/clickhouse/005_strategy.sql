@@ -1,6 +1,6 @@
 -- candleflow analytics store, migration 005: the strategy job's four topics (`predictions`,
 -- `orders`, `fills`, `equity`; layouts in sql/flink/strategy.sql, meaning in
--- udfs/strategy_rules.md), written by `candleflow trading write` (jobs/trading_writer.py).
+-- udfs/strategy_rules.md), written by `candleflow trading write` (jobs/writers/trading.py).
 --
 -- New tables instead of new columns on 003/004's: ClickHouse 18.16 has no
 -- `ADD COLUMN IF NOT EXISTS` (a syntax error there), so an ALTER would not be re-runnable,

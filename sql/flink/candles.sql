@@ -1,6 +1,6 @@
 -- candleflow candles job: trades -> validated trades -> 1m OHLCV -> 5m/15m/1h rollups.
 --
--- ${...} placeholders are filled by jobs/sqlfile.py from the one connector-config layer
+-- ${...} placeholders are filled by jobs/flink/sqlfile.py from the one connector-config layer
 -- (infra/connectors.py), so the same statements run on a local broker, a cluster or files.
 -- Statements are separated by a semicolon at the end of a line; INSERTs run together as
 -- one statement set (one job, one source read).

@@ -1,7 +1,7 @@
 -- candleflow strategy job: Kafka `features` -> predictions (BentoML /score) -> strategy +
 -- paper broker -> Kafka `predictions`, `orders`, `fills`, `equity`.
 --
--- Design (PyFlink 2.0; see jobs/strategy.py for the wiring):
+-- Design (PyFlink 2.0; see jobs/flink/strategy.py for the wiring):
 -- 1. features_src reads the features topic (the layout features.sql writes); rowtime is the
 --    bar's last millisecond and the watermark has no delay: the features job emits a bar's
 --    rows in bar order per symbol, so a bar is complete once a later bar has been read.

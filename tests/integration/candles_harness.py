@@ -11,7 +11,7 @@ from typing import Any
 from infra.connectors import Endpoints
 from infra.kafka import OffsetTracker, make_producer, read_all, send_tracked
 from infra.settings import Settings
-from jobs import candles
+from jobs.flink import candles
 
 
 @dataclass

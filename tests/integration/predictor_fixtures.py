@@ -4,7 +4,7 @@
   before BentoML first reads its configuration (every test module that trains a model shares
   it; model names keep them apart).
 - :func:`train_env`: real candles -> features (udfs.indicators, the features job's
-  definition) -> Feast offline store -> training set -> walk-forward XGBoost (jobs.train) ->
+  definition) -> Feast offline store -> training set -> walk-forward XGBoost (jobs.ml.train) ->
   the model store; returns an :class:`Env` with the settings and environment a
   ``bentoml serve`` subprocess needs.
 - :class:`BentoServer` / :func:`serving`: ``bentoml serve`` in a subprocess, ready when
@@ -113,8 +113,8 @@ def train_env(
 ) -> Env:
     """Train a model on ``candles`` (1m: ts_ms, symbol, open, high, low, close, volume; each
     symbol's bars consecutive) through Feast into the model store at ``home``."""
-    from jobs.dataset import build_dataset, feature_rows_from_candles
-    from jobs.train import TrainConfig, train
+    from jobs.ml.dataset import build_dataset, feature_rows_from_candles
+    from jobs.ml.train import TrainConfig, train
 
     s = Settings(
         state_dir=tmp,
@@ -202,8 +202,8 @@ class BentoServer:
 
     def stop(self) -> None:
         """SIGTERM the process group, then SIGKILL whatever of its tree is left after 15 s
-        (jobs.procs.stop_tree: no orphaned worker keeps the port)."""
-        from jobs.procs import stop_tree
+        (infra.procs.stop_tree: no orphaned worker keeps the port)."""
+        from infra.procs import stop_tree
 
         proc = self.proc
         if proc is not None:

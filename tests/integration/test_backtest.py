@@ -38,7 +38,7 @@ STRATEGY = {
 
 
 def _cfg(out: Path) -> object:
-    from jobs.backtest import BacktestConfig
+    from jobs.backtest.run import BacktestConfig
 
     return BacktestConfig(
         data=CANDLES_CSV,
@@ -59,7 +59,7 @@ def _cfg(out: Path) -> object:
 def runs(
     broker: object, redis_server: object, state_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Settings, list[object]]]:
-    from jobs.backtest import run_backtest
+    from jobs.backtest.run import run_backtest
 
     use_bentoml_home(tmp_path_factory)
     base = make_settings(
@@ -183,11 +183,10 @@ def test_readme_request_against_the_served_model(runs, tmp_path: Path) -> None:
     import time
     import urllib.request
 
-    from infra.flink_cluster import settings_env
     from infra.local import free_port
-    from infra.settings import REPO_ROOT
-    from jobs.demo import CURL_LINE, SERVE_LINE
-    from jobs.procs import stop_tree
+    from infra.procs import stop_tree
+    from infra.settings import REPO_ROOT, settings_env
+    from jobs.backtest.demo import CURL_LINE, SERVE_LINE
 
     readme = (REPO_ROOT / "README.md").read_text()
     assert SERVE_LINE in readme and CURL_LINE in readme

@@ -45,7 +45,7 @@ def test_minicluster_listens_on_loopback_only(tmp_path: Path) -> None:
     from pyflink.table import DataTypes
     from pyflink.table.udf import udf
 
-    from jobs.flink_env import table_env
+    from jobs.flink.env import table_env
 
     t_env = table_env(Settings(state_dir=tmp_path), "binds-check")
     t_env.create_temporary_function(

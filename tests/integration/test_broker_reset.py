@@ -95,7 +95,7 @@ def test_flink_job_stops_on_a_broker_that_lost_its_data(tmp_path: Path) -> None:
     'earliest-offset'. The job's handle sees the topic recreated (new topic id), cancels the
     job and raises BrokerReset; the new log's trades make no candles."""
     from infra.kafka import BrokerReset, read_all
-    from jobs import candles
+    from jobs.flink import candles
     from jobs.ingest.replay import load_trades, repeated_messages
     from tests.conftest import TRADES_PARQUET
 

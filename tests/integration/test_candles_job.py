@@ -12,7 +12,7 @@ import pytest
 
 from infra.connectors import Endpoints
 from infra.kafka import read_all
-from jobs import candles
+from jobs.flink import candles
 from jobs.ingest.replay import TradeSink, load_trades, to_messages
 from jobs.ingest.schema import InvalidTrade, validate
 from tests.conftest import TRADES_PARQUET, make_settings

@@ -11,7 +11,7 @@ import pytest
 
 from infra.connectors import Endpoints
 from infra.kafka import consume
-from jobs import candles
+from jobs.flink import candles
 from jobs.ingest.replay import load_trades, to_messages
 from tests.conftest import TRADES_PARQUET, make_settings
 from tests.integration.candles_harness import assert_candles_equal, produce_raw

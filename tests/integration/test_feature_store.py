@@ -30,7 +30,7 @@ from infra.feature_store import (
 )
 from infra.local import RedisServer
 from infra.settings import REPO_ROOT, Settings
-from jobs.dataset import build_dataset, parse_labels, timeframe_ms
+from jobs.ml.dataset import build_dataset, parse_labels, timeframe_ms
 from tests.conftest import CANDLES_CSV
 from udfs.indicators import FEATURE_NAMES, INPUTS, compute_series
 

@@ -31,9 +31,9 @@ from infra.connectors import Endpoints
 from infra.feature_store import PRICE_COLUMNS, FeatureStoreClient, to_feature_frame
 from infra.kafka import OffsetTracker, ensure_topics, make_producer, read_all, send_tracked
 from infra.local import ClickHouseServer, RedisServer, free_port
-from infra.settings import REPO_ROOT, Settings
-from jobs import features
-from jobs.feature_writer import PAUSE_ENV, FeatureWriter, WriterConfig
+from infra.settings import REPO_ROOT, Settings, settings_env
+from jobs.flink import features
+from jobs.writers.features import PAUSE_ENV, FeatureWriter, WriterConfig
 from tests.conftest import CANDLES_CSV, make_settings
 from udfs.indicators import FEATURE_NAMES
 
@@ -83,26 +83,6 @@ def writer_settings(
     }
     values.update(kw)
     return base.model_copy(update=values)
-
-
-def settings_env(s: Settings) -> dict[str, str]:
-    """The environment a `candleflow` subprocess needs to see the same settings."""
-    env = dict(os.environ)
-    for name in (
-        "kafka_bootstrap",
-        "state_dir",
-        "topic_features",
-        "topic_features_dlq",
-        "redis_host",
-        "redis_port",
-        "clickhouse_url",
-        "feast_dir",
-        "feast_project",
-        "writer_group_id",
-    ):
-        env[f"CANDLEFLOW_{name.upper()}"] = str(getattr(s, name))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 @pytest.fixture
@@ -199,7 +179,7 @@ def start_writer(s: Settings, log_file: Path, *args: str, **env: str) -> subproc
     with open(log_file, "ab") as out:
         return subprocess.Popen(
             [CLI, "features", "write", "--log-every", "1", *args],
-            env=settings_env(s) | env,
+            env=os.environ | settings_env(s) | env,
             cwd=REPO_ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,

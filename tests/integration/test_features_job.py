@@ -11,7 +11,7 @@ import pytest
 
 from infra.connectors import Endpoints
 from infra.kafka import OffsetTracker, ensure_topics, make_producer, read_all, send_tracked
-from jobs import features
+from jobs.flink import features
 from tests.conftest import CANDLES_CSV, make_settings
 from udfs.indicators import FEATURE_NAMES, INPUTS, MAX_WINDOW, compute_series
 

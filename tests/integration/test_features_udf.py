@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from infra.settings import Settings
-from jobs.flink_env import table_env
+from jobs.flink.env import table_env
 from tests.conftest import CANDLES_CSV
 from udfs.indicators import FEATURE_NAMES, INPUTS, compute_series
 

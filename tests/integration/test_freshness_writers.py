@@ -16,8 +16,8 @@ from infra.clickhouse import connect
 from infra.kafka import ensure_topics
 from infra.local import RedisServer, TansuBroker
 from infra.settings import Settings
-from jobs.feature_writer import FeatureWriter
-from jobs.kafka_writer import WriterConfig
+from jobs.writers.base import WriterConfig
+from jobs.writers.features import FeatureWriter
 from udfs.indicators import FEATURE_NAMES
 
 pytestmark = pytest.mark.integration

@@ -39,11 +39,11 @@ from infra.flink_cluster import FlinkCluster
 from infra.kafka import ensure_topics, read_all
 from infra.local import ClickHouseServer, RedisServer, free_port
 from infra.settings import Settings
-from jobs.candles_writer import CandlesWriter
-from jobs.feature_writer import FeatureWriter
-from jobs.features import kline_message
+from jobs.flink.features import kline_message
 from jobs.ingest.replay import load_trades, repeated_messages
-from jobs.kafka_writer import WriterConfig
+from jobs.writers.base import WriterConfig
+from jobs.writers.candles import CandlesWriter
+from jobs.writers.features import FeatureWriter
 from tests.conftest import CANDLES_CSV, TRADES_PARQUET
 
 pytestmark = pytest.mark.integration

@@ -29,7 +29,7 @@ from infra.connectors import Endpoints
 from infra.kafka import OffsetTracker, ensure_topics, make_producer, read_all, send_tracked
 from infra.local import RedisServer, TansuBroker
 from infra.settings import Settings
-from jobs import strategy
+from jobs.flink import strategy
 from tests.conftest import CANDLES_CSV
 from tests.integration.predictor_fixtures import (
     SERVICE_DIR,
@@ -82,7 +82,7 @@ def server(model: Env) -> Iterator[BentoServer]:
 @pytest.fixture(scope="module")
 def feature_rows() -> pd.DataFrame:
     """Real features (batch definition = the features job's) of both symbols, all bars."""
-    from jobs.dataset import feature_rows_from_candles
+    from jobs.ml.dataset import feature_rows_from_candles
 
     candles = pd.read_csv(CANDLES_CSV)
     candles = candles[candles.symbol.isin(SYMBOLS)].sort_values(["ts_ms", "symbol"])
@@ -303,7 +303,7 @@ def test_job_equals_run_batch_on_real_candles_and_is_deterministic(
 ) -> None:
     import bentoml
 
-    from jobs.train import FEATURES, matrix
+    from jobs.ml.train import FEATURES, matrix
 
     bars_per_symbol = feature_rows.groupby("symbol").cumcount()
     rows = feature_rows[bars_per_symbol >= STREAM_FROM].reset_index(drop=True)

@@ -31,7 +31,7 @@ from infra.clickhouse import TRADING_TABLES, connect
 from infra.flink_cluster import FlinkCluster
 from infra.local import ClickHouseServer, RedisServer, TansuBroker
 from infra.settings import Settings
-from jobs.trading_writer import TradingWriter, trading_config
+from jobs.writers.trading import TradingWriter, trading_config
 from tests.conftest import CANDLES_CSV
 from tests.integration.predictor_fixtures import (
     SERVICE_DIR,
@@ -94,7 +94,7 @@ def server(model: Env) -> Iterator[BentoServer]:
 def rows(model: Env) -> pd.DataFrame:
     """Real features (the features job's definition) of both symbols after the model's
     knowledge end."""
-    from jobs.dataset import feature_rows_from_candles
+    from jobs.ml.dataset import feature_rows_from_candles
 
     candles = pd.read_csv(CANDLES_CSV)
     candles = candles[candles.symbol.isin(SYMBOLS)].sort_values(["ts_ms", "symbol"])
@@ -110,7 +110,7 @@ def config(model: Env, rows: pd.DataFrame) -> dict[str, Any]:
     """Thresholds from the model's own signal, so that it trades (often)."""
     import bentoml
 
-    from jobs.train import matrix
+    from jobs.ml.train import matrix
 
     proba = np.asarray(bentoml.xgboost.load_model(model.tag).inplace_predict(matrix(rows)))
     signal_ = proba[:, 2] - proba[:, 0]

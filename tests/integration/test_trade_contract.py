@@ -18,7 +18,7 @@ import pytest
 
 from infra.connectors import Endpoints
 from infra.kafka import OffsetTracker, make_producer, read_all, send_tracked
-from jobs import candles
+from jobs.flink import candles
 from jobs.ingest.schema import InvalidTrade, validate
 from tests.conftest import make_settings
 from udfs.trade_contract import REASONS

@@ -38,8 +38,8 @@ from infra.clickhouse import TRADING_TABLES, ClickHouseStore, connect, trading_s
 from infra.kafka import ensure_topics, read_all
 from infra.local import ClickHouseServer
 from infra.settings import REPO_ROOT, Settings
-from jobs.kafka_writer import PAUSE_ENV
-from jobs.trading_writer import (
+from jobs.writers.base import PAUSE_ENV
+from jobs.writers.trading import (
     FIELDS,
     KINDS,
     TradingWriter,

@@ -38,7 +38,7 @@ from infra.clickhouse import ClickHouseStore, connect
 from infra.kafka import ensure_topics, read_all
 from infra.local import ClickHouseServer, RedisServer, TansuBroker
 from infra.settings import REPO_ROOT, SHARED_DATA, Settings
-from jobs.kafka_writer import DLQ_PAYLOAD_MAX_BYTES
+from jobs.writers.base import DLQ_PAYLOAD_MAX_BYTES
 from tests.writer_corpus import Case, expected_row, load, same
 
 pytestmark = pytest.mark.integration
@@ -344,7 +344,7 @@ def test_features_corpus(
 
 
 def test_trading_corpus(broker: TansuBroker, state_dir: Path, db: str, tmp_path: Path) -> None:
-    from jobs.trading_writer import dlq_topic
+    from jobs.writers.trading import dlq_topic
 
     tag = uuid.uuid4().hex[:8]
     s = Settings(kafka_bootstrap=broker.bootstrap, state_dir=state_dir, clickhouse_url=db,

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from jobs.candles_writer import FIELDS, parse_candle_message
-from jobs.kafka_writer import InvalidMessage
+from jobs.writers.base import InvalidMessage
+from jobs.writers.candles import FIELDS, parse_candle_message
 
 # a real message of the candles job (sql/flink/candles.sql): decimals as JSON numbers,
 # emitted_at as Flink's ISO-8601 text

@@ -13,7 +13,7 @@ import typer.main
 import yaml
 
 from infra.settings import REPO_ROOT, Settings
-from jobs.submit import COMPOSE_JOB_SETTINGS, FLINK_DATA, IMAGE_PYTHON
+from jobs.cli.submit import COMPOSE_JOB_SETTINGS, FLINK_DATA, IMAGE_PYTHON
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"

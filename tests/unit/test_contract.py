@@ -23,7 +23,7 @@ def test_timeframe_ms_rejects(tf: str) -> None:
 
 
 def test_users_derive_from_the_contract() -> None:
-    from jobs import dataset
+    from jobs.ml import dataset
     from udfs import metrics, predict_client
 
     assert dataset.timeframe_ms is metrics.timeframe_ms is contract.timeframe_ms

@@ -10,7 +10,7 @@ import pytest
 import redis
 
 from infra.clickhouse import ClickHouseError, features_columns
-from jobs.feature_writer import (
+from jobs.writers.features import (
     InvalidFeatureRow,
     dlq_record,
     is_transient,

@@ -26,8 +26,8 @@ from infra.freshness import (
 )
 from infra.local import free_port
 from infra.settings import REPO_ROOT, Settings
-from jobs.kafka_writer import Batch
-from jobs.trading_writer import TradingWriter
+from jobs.writers.base import Batch
+from jobs.writers.trading import TradingWriter
 
 E = 1_700_000_040_000  # a bar end
 

@@ -6,7 +6,7 @@ import pytest
 
 from infra.connectors import Endpoints, bounded_offsets_option, render_with
 from infra.settings import Settings
-from jobs.sqlfile import is_insert, load_statements
+from jobs.flink.sqlfile import is_insert, load_statements
 
 
 def test_render_with_quotes() -> None:
@@ -74,8 +74,7 @@ def test_python_execution_settings_from_env(monkeypatch: pytest.MonkeyPatch) -> 
 def test_cluster_job_env_leaves_unset_settings_unset() -> None:
     from pathlib import Path
 
-    from infra.flink_cluster import settings_env
-    from infra.settings import Settings
+    from infra.settings import Settings, settings_env
 
     env = settings_env(Settings(strategy_config=Path("/x/strategy.json")))
     assert env["CANDLEFLOW_STRATEGY_CONFIG"] == "/x/strategy.json"
@@ -83,7 +82,7 @@ def test_cluster_job_env_leaves_unset_settings_unset() -> None:
 
 
 def test_checkpoint_config_from_settings(tmp_path) -> None:
-    from jobs.flink_env import checkpoint_config
+    from jobs.flink.env import checkpoint_config
 
     s = Settings(state_dir=tmp_path, checkpoint_interval_ms=1_500, restart_attempts=7)
     conf = checkpoint_config(s)
@@ -105,8 +104,8 @@ def test_checkpoint_config_from_settings(tmp_path) -> None:
 def test_every_job_gets_its_options_from_flink_options(tmp_path) -> None:
     """One options function: the SQL jobs and the strategy job (DataStream) get the same
     checkpointing, Python executable and MiniCluster binds (127.0.0.1)."""
-    from jobs.flink_env import checkpoint_config, flink_options
-    from jobs.strategy import SCORE_BATCH_ROWS, flink_config
+    from jobs.flink.env import checkpoint_config, flink_options
+    from jobs.flink.strategy import SCORE_BATCH_ROWS, flink_config
 
     s = Settings(state_dir=tmp_path, flink_python_executable="/opt/py/bin/python")
     sql_job = flink_options(s, "candles")

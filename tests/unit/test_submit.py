@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 import infra.flink_cluster
 from jobs.cli import app
-from jobs.submit import (
+from jobs.cli.common import Target
+from jobs.cli.submit import (
     COMPOSE_JOB_SETTINGS,
     IMAGE_PYTHON,
-    SubmitTarget,
     parse_sets,
     submit_overrides,
 )
@@ -89,10 +89,12 @@ def test_submit_to_local_cluster_is_candles_run_target_cluster(
 def test_submit_local_runs_the_job_in_process(
     calls: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import jobs.strategy
+    import jobs.flink.strategy
 
     got: list[tuple[list[str], Any]] = []
-    monkeypatch.setattr(jobs.strategy, "main", lambda argv, settings: got.append((argv, settings)))
+    monkeypatch.setattr(
+        jobs.flink.strategy, "main", lambda argv, settings: got.append((argv, settings))
+    )
     res = CliRunner().invoke(
         app, ["submit", "strategy", "--set", "CANDLEFLOW_STRATEGY_ID=t1", "--start-offsets", "0:5"]
     )
@@ -111,7 +113,7 @@ def test_bad_options_are_refused(calls: list[dict[str, Any]]) -> None:
     assert not calls
     with pytest.raises(ValueError):
         parse_sets(["kafka_bootstrap"])
-    assert submit_overrides(SubmitTarget.cluster, "", True, []) == COMPOSE_JOB_SETTINGS
+    assert submit_overrides(Target.cluster, "", True, []) == COMPOSE_JOB_SETTINGS
 
 
 def test_help_explains_it() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from infra.clickhouse import TRADING_TABLES, load_migrations
 from infra.settings import Settings
-from jobs.trading_writer import (
+from jobs.writers.trading import (
     FIELDS,
     KINDS,
     InvalidTradingMessage,
@@ -210,7 +210,7 @@ def test_topics_dlqs_and_config() -> None:
 
 
 def test_dlq_record_names_the_trading_writer() -> None:
-    from jobs.kafka_writer import dlq_record
+    from jobs.writers.base import dlq_record
 
     rec = json.loads(dlq_record("not JSON: x", b"{nope", "orders", 0, 7, "trading_writer"))
     assert rec["detected_by"] == "trading_writer"

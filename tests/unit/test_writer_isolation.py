@@ -18,7 +18,7 @@ import pytest
 
 from infra.clickhouse import ClickHouseDataError, ClickHouseError
 from infra.settings import Settings
-from jobs.kafka_writer import (
+from jobs.writers.base import (
     Batch,
     InvalidMessage,
     KafkaBatchWriter,

@@ -18,7 +18,7 @@ messages, never from the clock: re-delivering a message writes an identical row.
 rejected order (re-emitted with the same ``bar_end_ms``) outranks its ``new`` row in any
 arrival order. ``pnl_daily`` is filled from ``trading_equity`` by a materialized view.
 
-The loop is :class:`jobs.kafka_writer.KafkaBatchWriter`'s (the feature writer's): one
+The loop is :class:`jobs.writers.base.KafkaBatchWriter`'s (the feature writer's): one
 consumer group (``trading_group_id``) reads the four topics in micro-batches; a malformed
 message (any field its column cannot hold: :data:`FIELDS`) goes to ``<topic>_dlq`` with a
 reason (:func:`parse_trading_message`), as does a row ClickHouse still rejects (isolated by
@@ -43,7 +43,7 @@ from infra.clickhouse import TRADING_TABLES
 from infra.freshness import TABLE as FRESHNESS_TABLE
 from infra.freshness import freshness_rows, now_ms, observe, start_metrics_server
 from infra.settings import Settings
-from jobs.kafka_writer import (
+from jobs.writers.base import (
     BAR_END_MS,
     EPOCH_MS,
     FLAG,

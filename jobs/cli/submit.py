@@ -1,23 +1,24 @@
 """``candleflow submit JOB``: one entry point for the Flink jobs, wherever they run.
 
-A thin dispatcher over ``candleflow candles|features|strategy run``: it puts the
-submit-only settings into the environment (``CANDLEFLOW_FLINK_JOBMANAGER`` for
-``--jobmanager``, ``--set`` overrides, the ``--compose`` preset) and invokes that command,
-so the ``flink run -py`` command line is still built by :meth:`FlinkCluster.run_py` and the
-in-process path by the job file's ``main``. Options it does not know (``--end-offsets``,
-``--detach``, ``--from-savepoint`` ...) are passed on to the job command unchanged.
+The same job as ``candleflow candles|features|strategy run`` (:func:`jobs.cli.flink.run_job`)
+with submit-only settings: ``--jobmanager`` (``CANDLEFLOW_FLINK_JOBMANAGER``), ``--set``
+overrides and the ``--compose`` preset. They make one validated :class:`Settings` object that
+``run_job`` hands to the in-process job, or to ``flink run -py`` as ``CANDLEFLOW_*``
+variables (:func:`infra.settings.settings_env`, the one way settings cross a process).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import typer
 
-JOBS = ("candles", "features", "strategy")
+from jobs.cli.common import Target
+from jobs.cli.flink import Job, run_job
+from jobs.cli.options import Detach, EndOffsets, FromSavepoint, StartOffsets
+
+if TYPE_CHECKING:
+    from infra.settings import Settings
 
 # python of the project venv in infra/docker/flink.Dockerfile (UDF workers on the TMs)
 IMAGE_PYTHON = "/opt/venv/bin/python"
@@ -39,17 +40,6 @@ COMPOSE_JOB_SETTINGS: dict[str, str] = {
 }
 
 
-class Job(StrEnum):
-    candles = "candles"
-    features = "features"
-    strategy = "strategy"
-
-
-class SubmitTarget(StrEnum):
-    local = "local"
-    cluster = "cluster"
-
-
 def parse_sets(items: list[str]) -> dict[str, str]:
     """``["kafka_bootstrap=kafka:9092", ...]`` -> settings overrides; keys must be fields
     of :class:`infra.settings.Settings` (with or without the ``CANDLEFLOW_`` prefix)."""
@@ -68,10 +58,10 @@ def parse_sets(items: list[str]) -> dict[str, str]:
 
 
 def submit_overrides(
-    target: SubmitTarget, jobmanager: str, compose: bool, sets: list[str]
+    target: Target, jobmanager: str, compose: bool, sets: list[str]
 ) -> dict[str, str]:
     """The settings this submission changes (lowercase field names)."""
-    if target is SubmitTarget.local and (jobmanager or compose):
+    if target is Target.local and (jobmanager or compose):
         raise ValueError("--jobmanager/--compose need --target cluster")
     out = dict(COMPOSE_JOB_SETTINGS) if compose else {}
     if jobmanager:
@@ -82,59 +72,18 @@ def submit_overrides(
     return out | parse_sets(sets)
 
 
-@contextmanager
-def settings_env(overrides: dict[str, str]) -> Iterator[None]:
-    """``CANDLEFLOW_<KEY>=value`` for the duration; the cached settings are rebuilt."""
-    from infra.settings import get_settings
+def submit_settings(overrides: dict[str, str]) -> Settings:
+    """The settings of this submission: environment and ``.env`` as usual, ``overrides``
+    on top, validated now (a bad ``--set`` value fails before anything starts)."""
+    from infra.settings import Settings
 
-    keys = {f"CANDLEFLOW_{k.upper()}": v for k, v in overrides.items()}
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update(keys)
-    get_settings.cache_clear()
-    try:
-        get_settings()  # validate now: a bad --set fails before anything starts
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        get_settings.cache_clear()
-
-
-def ensure_client_conf() -> None:
-    """`flink run` needs a FLINK_CONF_DIR; against a remote JobManager no local cluster
-    may ever have written one (FlinkCluster.start does)."""
-    from infra.flink_cluster import FlinkCluster
-    from infra.settings import get_settings
-
-    cluster = FlinkCluster(get_settings())
-    if not (cluster.conf_dir / "config.yaml").exists():
-        cluster.write_conf()
-
-
-def job_argv(job: Job, target: SubmitTarget, extra: list[str]) -> list[str]:
-    """The ``candleflow`` command line this submission runs."""
-    return [job.value, "run", "--target", target.value, *extra]
-
-
-def run_job_command(argv: list[str]) -> int:
-    """Invoke ``candleflow ARGV`` in this process; returns its exit code."""
-    import typer.main
-
-    from jobs.cli import app
-
-    command = typer.main.get_command(app)
-    rc = command.main(args=argv, prog_name="candleflow", standalone_mode=False)
-    return rc if isinstance(rc, int) else 0
+    return Settings(**overrides)  # type: ignore[arg-type]  # strings, validated by pydantic
 
 
 def submit(
-    ctx: typer.Context,
     job: Job = typer.Argument(..., help="which Flink job: candles, features or strategy"),
-    target: SubmitTarget = typer.Option(
-        SubmitTarget.local, help="local: in-process MiniCluster; cluster: `flink run -py`"
+    target: Target = typer.Option(
+        Target.local, help="local: in-process MiniCluster; cluster: `flink run -py`"
     ),
     jobmanager: str = typer.Option(
         "",
@@ -152,8 +101,12 @@ def submit(
     sets: list[str] = typer.Option(
         [], "--set", help="override a setting for this job, KEY=VALUE (repeatable)"
     ),
+    end_offsets: EndOffsets = "",
+    start_offsets: StartOffsets = "",
+    detach: Detach = False,
+    from_savepoint: FromSavepoint = "",
 ) -> None:
-    """Submit a Flink job locally or to a cluster (dispatches to `candleflow JOB run`).
+    """Submit a Flink job locally or to a cluster (the job of `candleflow JOB run`).
 
     candleflow submit candles                    # in-process MiniCluster
     candleflow submit candles --target cluster   # local standalone cluster
@@ -163,29 +116,17 @@ def submit(
     --jobmanager is `flink run -m HOST:PORT` (CANDLEFLOW_FLINK_JOBMANAGER).
     A job submitted from here to the compose cluster is planned here and runs
     in the containers: --compose gives it the in-network service addresses.
-    Other options (--end-offsets, --start-offsets, --detach, --from-savepoint)
-    go to `candleflow JOB run` unchanged.
     """
-    from jobs.cli import console
+    from jobs.cli.common import console
 
     try:
         overrides = submit_overrides(target, jobmanager, compose, sets)
-    except ValueError as e:
+        settings = submit_settings(overrides)
+    except ValueError as e:  # incl. pydantic's ValidationError of a bad --set value
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2) from None
-    argv = job_argv(job, target, list(ctx.args))
     if overrides:
         console.print("job settings: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
-    try:
-        with settings_env(overrides):
-            if target is SubmitTarget.cluster:
-                ensure_client_conf()
-            rc = run_job_command(argv)
-    except ValueError as e:  # pydantic ValidationError of a bad --set value
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(2) from None
-    raise typer.Exit(rc)
-
-
-# how jobs/cli.py registers it: unknown options are the job command's
-CONTEXT_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+    raise typer.Exit(
+        run_job(job, target, end_offsets, start_offsets, detach, from_savepoint, settings)
+    )

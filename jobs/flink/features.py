@@ -1,7 +1,7 @@
 """Features job: Kafka ``candles`` -> indicator features (sql/flink/features.sql, one pandas
 UDF over ARRAY_AGG windows of a bounded OVER window) -> Kafka ``features``.
 
-Run it with ``candleflow features run`` or ``flink run -py jobs/features.py -- [...]``.
+Run it with ``candleflow features run`` or ``flink run -py jobs/flink/features.py -- [...]``.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 if __name__ == "__main__":  # under `flink run -py` only this file's folder is on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from infra.connectors import Endpoints
 from infra.settings import Settings, get_settings
-from jobs.flink_env import JobHandle, job_main, submit_sql
+from jobs.flink.env import JobHandle, job_main, submit_sql
 
 
 def kline_message(r: Any, timeframe: str = "1m", bar_ms: int = 60_000) -> dict[str, Any]:

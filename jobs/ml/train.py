@@ -1,4 +1,4 @@
-"""Walk-forward XGBoost training on a Feast training set (``jobs/dataset.py`` output).
+"""Walk-forward XGBoost training on a Feast training set (``jobs/ml/dataset.py`` output).
 
 - **Inputs**: the ``model_v1`` feature service's features in its order (:data:`FEATURES`);
   rows that are not warm (``features_ready`` false) are dropped. **Target**: the 3-class
@@ -50,7 +50,7 @@ from infra.feature_store import (
     SERVICE,
 )
 from infra.settings import Settings
-from jobs.dataset import CLASSES, parse_labels, timeframe_ms
+from jobs.ml.dataset import CLASSES, parse_labels, timeframe_ms
 from udfs.model_features import CANDLE_FEATURES, FEATURES, INDICATOR_FEATURES
 
 log = logging.getLogger(__name__)

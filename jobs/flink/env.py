@@ -278,7 +278,7 @@ def submit_sql(
     ``restore_path``: resume from that savepoint/retained checkpoint; ``endpoints``: the
     ones ``params`` came from (a fresh start commits its sources' start offsets:
     :meth:`infra.connectors.Endpoints.start_sources`)."""
-    from jobs.sqlfile import is_insert, load_statements
+    from jobs.flink.sqlfile import is_insert, load_statements
 
     t0 = time.monotonic()
     options = flink_options(

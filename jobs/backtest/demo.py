@@ -7,7 +7,7 @@ B. The sample covers minutes, too little to warm 100-bar indicators or train a m
    features job -> feature writer (Feast offline + Redis online + embedded ClickHouse) ->
    walk-forward XGBoost (Feast training sets) -> `bentoml serve` (asked for online
    predictions from Redis) -> strategy job + paper broker -> trading writer -> report
-   (jobs/backtest.py). Then a summary of where everything is; time and peak memory
+   (jobs/backtest/run.py). Then a summary of where everything is; time and peak memory
    (the demo's process tree, sampled) are printed and go into the summary.
 """
 
@@ -28,7 +28,7 @@ from infra.connectors import Endpoints
 from infra.kafka import ensure_topics, read_all
 from infra.local import local_stack
 from infra.settings import Settings
-from jobs import candles
+from jobs.flink import candles
 from jobs.ingest.replay import TradeSink, load_trades, repeated_messages
 
 
@@ -194,7 +194,7 @@ def _run_demo(
     # B: the rest of the mission on real klines ------------------------------------------
     import pandas as pd
 
-    from jobs.backtest import BacktestConfig, run_backtest
+    from jobs.backtest.run import BacktestConfig, run_backtest
 
     cfg = BacktestConfig(
         data=klines or settings.data_dir / "binance_1m_top5_2021.csv.gz",

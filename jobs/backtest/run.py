@@ -10,7 +10,7 @@ its own, so runs never see each other's data):
 2. **features job** (sql/flink/features.sql) over exactly those offsets -> ``features``;
 3. **feature writer** -> Feast offline store + Redis + ClickHouse;
 4. **walk-forward training**: the test range is cut every ``retrain_every``; the model for
-   ``[t_k, t_k+1)`` is trained (jobs/train.py, Feast point-in-time training set) only on
+   ``[t_k, t_k+1)`` is trained (jobs/ml/train.py, Feast point-in-time training set) only on
    bars whose labels end before ``t_k``; the schedule ``[{from_ms, tag}]`` is written to
    ``schedule.json`` and the service's ``/score`` refuses any bar a model's training data
    reaches (``lookahead``), so the rule is enforced, not assumed;
@@ -196,9 +196,9 @@ def read_topic(bootstrap: str, topic: str) -> pd.DataFrame:
 # ---------------------------------------------------------------------------- serving
 @contextmanager
 def serve(settings: Settings, bentoml_home: Path, tag: str, log_path: Path) -> Iterator[str]:
-    """`bentoml serve` of the predictor on a free port (jobs/serve.py, the one launcher),
+    """`bentoml serve` of the predictor on a free port (jobs/ml/serve.py, the one launcher),
     serving ``tag`` without polling for newer models; yields its base URL."""
-    from jobs.serve import predictor_env, serve_predictor
+    from jobs.ml.serve import predictor_env, serve_predictor
 
     env = predictor_env(
         settings.model_copy(update={"serving_model_poll_s": 0.0}),
@@ -234,10 +234,10 @@ def run_backtest(
     from infra.connectors import Endpoints
     from infra.feature_store import FeatureStoreClient
     from infra.kafka import OffsetTracker, ensure_topics, make_producer, send_tracked
-    from jobs import features, strategy
-    from jobs.dataset import build_dataset, parse_labels, timeframe_ms
-    from jobs.feature_writer import FeatureWriter, WriterConfig
-    from jobs.train import TrainConfig, train
+    from jobs.flink import features, strategy
+    from jobs.ml.dataset import build_dataset, parse_labels, timeframe_ms
+    from jobs.ml.train import TrainConfig, train
+    from jobs.writers.features import FeatureWriter, WriterConfig
     from udfs.strategy import StrategyConfig
 
     t_run = time.monotonic()
@@ -367,7 +367,7 @@ def run_backtest(
     # 7. trading writer ------------------------------------------------------------------
     stage("7/8 trading writer -> ClickHouse")
     t0 = time.monotonic()
-    from jobs.trading_writer import write_until_idle
+    from jobs.writers.trading import write_until_idle
 
     trading = write_until_idle(s)
     timed("trading_writer", t0)

@@ -7,7 +7,7 @@ one DataStream -> (a) the predictions sink, (b) key_by(constant) -> StrategyFunc
 orders / fills / equity tables -> the SQL INSERTs, all in one statement set attached to the
 DataStream environment (one job).
 
-Run it with ``candleflow strategy run`` or ``flink run -py jobs/strategy.py -- [...]``.
+Run it with ``candleflow strategy run`` or ``flink run -py jobs/flink/strategy.py -- [...]``.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 if __name__ == "__main__":  # under `flink run -py` only this file's folder is on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from infra.connectors import Endpoints
 from infra.settings import Settings, get_settings
-from jobs.flink_env import JobHandle, flink_options, job_main, prepare_process, start_sources
+from jobs.flink.env import JobHandle, flink_options, job_main, prepare_process, start_sources
 from udfs.contract import MAX_ITEMS
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ SCORE_BATCH_ROWS = 1000
 def flink_config(
     settings: Settings, job_name: str, restore_path: str | None = None
 ) -> dict[str, str]:
-    """The project's options (:func:`jobs.flink_env.flink_options`: checkpointed, so the
+    """The project's options (:func:`jobs.flink.env.flink_options`: checkpointed, so the
     account in ``ValueState`` survives a failure) with the Arrow batch (= one /score call)
     capped at :data:`SCORE_BATCH_ROWS`."""
     s = settings
@@ -75,7 +75,7 @@ def stream_table_env(
 
 @dataclass
 class StreamJobResult:
-    """What :class:`jobs.flink_env.JobHandle` expects of a result (``wait``,
+    """What :class:`jobs.flink.env.JobHandle` expects of a result (``wait``,
     ``get_job_client``), for a job submitted with ``env.execute_async``."""
 
     job_client: Any
@@ -94,7 +94,7 @@ def build(
     Only bars with ``from_ms <= bar_end_ms <= to_ms`` are scored and traded."""
     from pyflink.common import Types
 
-    from jobs.sqlfile import is_insert, load_statements
+    from jobs.flink.sqlfile import is_insert, load_statements
     from udfs.flink_strategy import (
         EQUITY_TAG,
         FILLS_TAG,

@@ -2,7 +2,7 @@
 
 The candles job's output, one row per (symbol, timeframe, window_start_ms) under ``FINAL``
 (``ReplacingMergeTree(emitted_at)``, sql/clickhouse/001_market_data.sql). The loop is
-:class:`jobs.kafka_writer.KafkaBatchWriter`'s (micro-batches from a consumer group, malformed
+:class:`jobs.writers.base.KafkaBatchWriter`'s (micro-batches from a consumer group, malformed
 messages to ``topic_candles_dlq`` with a reason, inserts retried with backoff, offsets
 committed after the insert): at-least-once delivery + idempotent rows. "Malformed" means
 any field its column cannot hold (:data:`COLUMNS`); a row the table still rejects (a
@@ -25,7 +25,7 @@ from infra.clickhouse import candles_row
 from infra.freshness import TABLE as FRESHNESS_TABLE
 from infra.freshness import freshness_rows, observe, start_metrics_server
 from infra.settings import Settings
-from jobs.kafka_writer import (
+from jobs.writers.base import (
     BAR_END_MS,
     COUNT,
     EPOCH_MS,

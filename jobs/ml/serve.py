@@ -3,7 +3,7 @@
 ``predictor_env`` is how settings reach the service (``CANDLEFLOW_*`` variables, secrets
 included, plus ``BENTOML_HOME``); ``start_predictor`` starts it in its own process group on
 loopback and waits until ``/readyz`` answers 200; ``PredictorProcess.stop`` stops the whole
-process tree (jobs/procs.py), so no worker is left holding the port. The backtest, the
+process tree (infra/procs.py), so no worker is left holding the port. The backtest, the
 serving benchmark, the tests and ``candleflow serve`` all start it this way.
 
 ``backtest_serving`` finds what a backtest run served (its model store, Feast project and
@@ -27,8 +27,7 @@ from typing import IO, Any
 
 import typer
 
-from infra.flink_cluster import settings_env
-from infra.settings import REPO_ROOT, Settings
+from infra.settings import REPO_ROOT, Settings, settings_env
 
 TARGET = "bentos.predictor.service:Predictor"
 
@@ -76,7 +75,7 @@ class PredictorProcess:
 
     def stop(self, grace_s: float = 15) -> None:
         """SIGTERM to the process group, then SIGKILL to whatever of its tree is left."""
-        from jobs.procs import stop_tree
+        from infra.procs import stop_tree
 
         stop_tree(self.proc, grace_s)
         self.log.close()

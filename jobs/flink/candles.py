@@ -3,7 +3,7 @@
 
 Thin by design: load the SQL, fill connector options from the config layer, submit one
 statement set. Run it through the CLI (``candleflow candles run``) or, on a standalone
-cluster, with ``flink run -py jobs/candles.py -- [--end-offsets 0:1234]``.
+cluster, with ``flink run -py jobs/flink/candles.py -- [--end-offsets 0:1234]``.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import sys
 from pathlib import Path
 
 if __name__ == "__main__":  # under `flink run -py` only this file's folder is on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from infra.connectors import Endpoints
 from infra.settings import Settings, get_settings
-from jobs.flink_env import JobHandle, job_main, submit_sql
+from jobs.flink.env import JobHandle, job_main, submit_sql
 
 SQL_FILE = "candles.sql"
 

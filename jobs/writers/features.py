@@ -31,7 +31,7 @@ their own are dead-lettered with its error, the rest is written (a dead-lettered
 already be in the stores written before the one that rejected it).
 Any other error stops the writer without a commit (a restart replays the batch).
 
-The consume / dead-letter / retry / commit loop is :class:`jobs.kafka_writer.KafkaBatchWriter`
+The consume / dead-letter / retry / commit loop is :class:`jobs.writers.base.KafkaBatchWriter`
 (shared with the trading writer); this module adds the message validation and the three
 stores.
 """
@@ -46,7 +46,7 @@ from infra.clickhouse import features_row
 from infra.freshness import TABLE as FRESHNESS_TABLE
 from infra.freshness import freshness_rows, now_ms, observe, start_metrics_server
 from infra.settings import Settings
-from jobs.kafka_writer import (
+from jobs.writers.base import (
     BAR_END_MS,
     COUNT,
     EPOCH_MS,
@@ -67,7 +67,7 @@ from jobs.kafka_writer import (
     is_transient,
     json_object,
 )
-from jobs.kafka_writer import dlq_record as _dlq_record
+from jobs.writers.base import dlq_record as _dlq_record
 from udfs.indicators import FEATURE_NAMES
 
 if TYPE_CHECKING:

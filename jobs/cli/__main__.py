@@ -1,0 +1,5 @@
+"""``python -m jobs.cli``."""
+
+from jobs.cli import app
+
+app()
