@@ -40,10 +40,11 @@ from udfs.strategy import (
     StrategyConfig,
     StrategyEngine,
 )
+from udfs.topics import STRATEGY_KEYS, pandas_dtypes
 
 log = logging.getLogger(__name__)
 
-EXTRA_COLUMNS: dict[str, str] = {"strategy": "object", "timeframe": "object"}
+EXTRA_COLUMNS: dict[str, str] = {k: pandas_dtypes("orders")[k] for k in STRATEGY_KEYS}
 _TYPEINFO = {
     "object": Types.STRING,
     "int64": Types.LONG,

@@ -53,23 +53,15 @@ from udfs.contract import (
     SERVING_SYMBOL_PATTERN,
     SERVING_TIMEFRAME_PATTERN,
 )
+from udfs.topics import pandas_dtypes
 
 log = logging.getLogger(__name__)
 
 OK, REFUSED, DEGRADED = "ok", "refused", "degraded"
 # the columns score() returns, with their pandas dtypes (the UDF's result ROW, in order)
-PREDICTION_COLUMNS: dict[str, str] = {
-    "model_tag": "object",
-    "p_down": "float64",
-    "p_flat": "float64",
-    "p_up": "float64",
-    "signal": "float64",
-    "status": "object",
-    "reason": "object",
-    "latency_ms": "float64",
-    "predicted_at_ms": "int64",
-}
 KEY_COLUMNS = ("symbol", "timeframe", "bar_end_ms")
+# the UDF's result: the `predictions` model (udfs/topics.py) less the row's key columns
+PREDICTION_COLUMNS: dict[str, str] = pandas_dtypes("predictions", without=KEY_COLUMNS)
 # what the endpoint's request schema accepts (bentos/predictor/service.py)
 _SYMBOL = re.compile(SERVING_SYMBOL_PATTERN)
 _TIMEFRAME = re.compile(SERVING_TIMEFRAME_PATTERN)

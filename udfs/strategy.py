@@ -23,44 +23,15 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from udfs.broker import BUY, SELL, PaperBroker, floor_step
+from udfs.topics import STRATEGY_KEYS, pandas_dtypes
 
 DAY_MS = 86_400_000
 STATE_VERSION = 1
 
-ORDER_COLUMNS: dict[str, str] = {
-    "client_order_id": "object",
-    "symbol": "object",
-    "bar_end_ms": "int64",
-    "side": "object",
-    "qty": "float64",
-    "decision_price": "float64",
-    "reason": "object",
-    "signal": "float64",
-    "status": "object",
-}
-FILL_COLUMNS: dict[str, str] = {
-    "client_order_id": "object",
-    "symbol": "object",
-    "bar_end_ms": "int64",
-    "side": "object",
-    "qty": "float64",
-    "price": "float64",
-    "fee": "float64",
-    "position_after": "float64",
-    "avg_entry_after": "float64",
-    "realized_pnl": "float64",
-    "cash_after": "float64",
-}
-EQUITY_COLUMNS: dict[str, str] = {
-    "bar_end_ms": "int64",
-    "cash": "float64",
-    "equity": "float64",
-    "gross": "float64",
-    "realized_pnl": "float64",
-    "fees_paid": "float64",
-    "killed": "bool",
-    "degraded": "int64",
-}
+# the paper broker's frames: the topic models (udfs/topics.py) less the keys the job adds
+ORDER_COLUMNS: dict[str, str] = pandas_dtypes("orders", without=STRATEGY_KEYS)
+FILL_COLUMNS: dict[str, str] = pandas_dtypes("fills", without=STRATEGY_KEYS)
+EQUITY_COLUMNS: dict[str, str] = pandas_dtypes("equity", without=STRATEGY_KEYS)
 BAR_COLUMNS = ("symbol", "bar_end_ms", "open", "high", "low", "close", "p_up", "p_down")
 
 

@@ -18,7 +18,6 @@ Observability: one ``pipeline_freshness`` row per candle, stage ``candle``, obse
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from infra.clickhouse import candles_row
@@ -26,13 +25,6 @@ from infra.freshness import TABLE as FRESHNESS_TABLE
 from infra.freshness import freshness_rows, observe, start_metrics_server
 from infra.settings import Settings
 from jobs.writers.base import (
-    BAR_END_MS,
-    COUNT,
-    EPOCH_MS,
-    FLOAT,
-    IDENT,
-    INT64,
-    ISO_MS,
     Batch,
     Column,
     InvalidMessage,
@@ -42,31 +34,13 @@ from jobs.writers.base import (
     check_fields,
     json_object,
 )
+from jobs.writers.columns import topic_columns
 
 DETECTED_BY = "candles_writer"
 TABLE = "candles"
 # the topic's fields in order = the table's non-materialized columns (001_market_data.sql),
-# each with what its column holds (jobs/kafka_writer.Column); emitted_at: Flink's ISO text
-# or epoch ms, stored as epoch ms (the version, and the freshness observation time)
-COLUMNS: dict[str, Column] = {
-    "symbol": IDENT,
-    "timeframe": IDENT,
-    "window_start_ms": EPOCH_MS,  # -> the DateTime partition column window_start
-    "window_end_ms": BAR_END_MS,  # exclusive: the last bar ends at 2**32 * 1000
-    "open": FLOAT,
-    "high": FLOAT,
-    "low": FLOAT,
-    "close": FLOAT,
-    "volume": FLOAT,
-    "quote_volume": FLOAT,
-    "vwap": FLOAT,
-    "trade_count": COUNT,
-    "buy_volume": FLOAT,
-    "sell_volume": FLOAT,
-    "first_trade_id": INT64,
-    "last_trade_id": INT64,
-    "emitted_at": replace(ISO_MS, epoch_ok=True),
-}
+# each with what its column holds: the `candles` model of udfs/topics.py
+COLUMNS: dict[str, Column] = topic_columns("candles")
 FIELDS: tuple[str, ...] = tuple(COLUMNS)
 
 

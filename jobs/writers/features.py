@@ -47,14 +47,6 @@ from infra.freshness import TABLE as FRESHNESS_TABLE
 from infra.freshness import freshness_rows, now_ms, observe, start_metrics_server
 from infra.settings import Settings
 from jobs.writers.base import (
-    BAR_END_MS,
-    COUNT,
-    EPOCH_MS,
-    FLAG,
-    FLOAT,
-    FLOAT_OR_NULL,
-    IDENT,
-    ISO_MS,
     PAUSE_ENV,
     Batch,
     Column,
@@ -68,7 +60,7 @@ from jobs.writers.base import (
     json_object,
 )
 from jobs.writers.base import dlq_record as _dlq_record
-from udfs.indicators import FEATURE_NAMES
+from jobs.writers.columns import topic_columns
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -96,22 +88,8 @@ TABLE = "features"
 
 # every field of sql/flink/features.sql's sink with what its columns hold (ClickHouse
 # `features`, migration 002; the offline parquet schema and the Feast views of
-# infra/feature_store.py take the same values): prices and the bar must be present and
-# finite, features are finite or null (warm-up), timestamps Flink's ISO-8601 text within
-# the DateTime span (stored as epoch ms in ClickHouse, as timestamp[us, UTC] for Feast)
-COLUMNS: dict[str, Column] = {
-    "feature_key": IDENT,
-    "symbol": IDENT,
-    "timeframe": IDENT,
-    "window_start_ms": EPOCH_MS,  # -> the DateTime partition column window_start
-    "window_end_ms": BAR_END_MS,  # exclusive: the last bar ends at 2**32 * 1000
-    **dict.fromkeys(("open", "high", "low", "close", "volume", "vwap"), FLOAT),
-    "trade_count": COUNT,
-    **dict.fromkeys(FEATURE_NAMES, FLOAT_OR_NULL),
-    "features_ready": FLAG,
-    "event_time": ISO_MS,  # Feast's event timestamp
-    "computed_at": ISO_MS,  # Feast's created timestamp; the ClickHouse version
-}
+# infra/feature_store.py take the same values): the `features` model of udfs/topics.py
+COLUMNS: dict[str, Column] = topic_columns("features")
 REQUIRED = tuple(COLUMNS)
 
 

@@ -35,7 +35,6 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from functools import partial
 from typing import Any, Literal
 
@@ -44,14 +43,6 @@ from infra.freshness import TABLE as FRESHNESS_TABLE
 from infra.freshness import freshness_rows, now_ms, observe, start_metrics_server
 from infra.settings import Settings
 from jobs.writers.base import (
-    BAR_END_MS,
-    EPOCH_MS,
-    FLAG,
-    FLOAT,
-    FLOAT_OR_NULL,
-    IDENT,
-    TEXT_OR_NULL,
-    UINT32,
     Batch,
     Column,
     InvalidMessage,
@@ -60,8 +51,8 @@ from jobs.writers.base import (
     WriterStats,
     check_fields,
     json_object,
-    one_of,
 )
+from jobs.writers.columns import topic_columns
 
 log = logging.getLogger(__name__)
 
@@ -69,82 +60,16 @@ DETECTED_BY = "trading_writer"
 Kind = Literal["predictions", "orders", "fills", "equity"]
 KINDS: tuple[Kind, ...] = ("predictions", "orders", "fills", "equity")
 
-PREDICTION_STATUSES = ("ok", "degraded", "refused")
-SIDES = ("buy", "sell")
-# strategy_rules.md: the five decision reasons, and the paper broker's rejection reason
-ORDER_REASONS = (
-    "signal_entry",
-    "signal_exit",
-    "max_hold",
-    "stop_loss",
-    "kill_switch",
-    "insufficient_cash",
-)
-ORDER_STATUSES = ("new", "rejected")
 _PROBS = ("p_down", "p_flat", "p_up", "signal")
 
-# what the columns of migration 005 hold (jobs/kafka_writer.Column): identifiers are
-# non-empty strings; bar_end_ms feeds the DateTime partition (of bar_end_ms - 1) and the
-# orders version (x 2 + 1), both inside Int64; predicted_at_ms is epoch ms or 0 (unknown);
-# a nullable number may be NaN (stored as NaN; not for an `ok` prediction), never infinite
-MODEL_TAG = Column("String", ident=True, null_as="")  # null -> '' (a sorting key)
-NUM_OR_NULL = replace(FLOAT_OR_NULL, nan=True)
-PREDICTED_AT_MS = EPOCH_MS
+# each topic's fields and what their columns hold: the topic models of udfs/topics.py
+# (identifiers are non-empty strings; bar_end_ms feeds the DateTime partition (of
+# bar_end_ms - 1) and the orders version (x 2 + 1), both inside Int64; predicted_at_ms is
+# epoch ms or 0 (unknown); a nullable number may be NaN (stored as NaN; not for an `ok`
+# prediction), never infinite)
 FIELDS: dict[str, tuple[tuple[str, Column], ...]] = {
-    "predictions": (
-        ("symbol", IDENT),
-        ("timeframe", IDENT),
-        ("bar_end_ms", BAR_END_MS),
-        ("model_tag", MODEL_TAG),
-        ("p_down", NUM_OR_NULL),
-        ("p_flat", NUM_OR_NULL),
-        ("p_up", NUM_OR_NULL),
-        ("signal", NUM_OR_NULL),
-        ("status", one_of(*PREDICTION_STATUSES)),
-        ("reason", TEXT_OR_NULL),
-        ("latency_ms", NUM_OR_NULL),
-        ("predicted_at_ms", PREDICTED_AT_MS),
-    ),
-    "orders": (
-        ("strategy", IDENT),
-        ("timeframe", IDENT),
-        ("client_order_id", IDENT),
-        ("symbol", IDENT),
-        ("bar_end_ms", BAR_END_MS),
-        ("side", one_of(*SIDES)),
-        ("qty", FLOAT),
-        ("decision_price", FLOAT),
-        ("reason", one_of(*ORDER_REASONS)),
-        ("signal", NUM_OR_NULL),
-        ("status", one_of(*ORDER_STATUSES)),
-    ),
-    "fills": (
-        ("strategy", IDENT),
-        ("timeframe", IDENT),
-        ("client_order_id", IDENT),
-        ("symbol", IDENT),
-        ("bar_end_ms", BAR_END_MS),
-        ("side", one_of(*SIDES)),
-        ("qty", FLOAT),
-        ("price", FLOAT),
-        ("fee", FLOAT),
-        ("position_after", FLOAT),
-        ("avg_entry_after", FLOAT),
-        ("realized_pnl", FLOAT),
-        ("cash_after", FLOAT),
-    ),
-    "equity": (
-        ("strategy", IDENT),
-        ("timeframe", IDENT),
-        ("bar_end_ms", BAR_END_MS),
-        ("cash", FLOAT),
-        ("equity", FLOAT),
-        ("gross", FLOAT),
-        ("realized_pnl", FLOAT),
-        ("fees_paid", FLOAT),
-        ("killed", FLAG),
-        ("degraded", UINT32),
-    ),
+    kind: tuple(topic_columns(kind).items())
+    for kind in ("predictions", "orders", "fills", "equity")
 }
 _COLUMNS: dict[str, dict[str, Column]] = {k: dict(v) for k, v in FIELDS.items()}
 

@@ -634,7 +634,7 @@ TABLE_COLUMNS = {
 
 
 def trading(kind: str, base: dict[str, Any]) -> Corpus:
-    from jobs.writers.trading import ORDER_REASONS, ORDER_STATUSES, PREDICTION_STATUSES, SIDES
+    from udfs.topics import ORDER_REASONS, ORDER_STATUSES, PREDICTION_STATUSES, SIDES
 
     def rekey(m: dict[str, Any], n: int) -> dict[str, Any]:
         end = m["bar_end_ms"] + n * 60_000
