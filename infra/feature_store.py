@@ -44,6 +44,7 @@ import yaml
 from infra.settings import Settings
 from udfs.contract import PRICE_COLUMNS
 from udfs.indicators import FEATURE_NAMES
+from udfs.topics import FEATURES as FEATURES_TOPIC
 
 if TYPE_CHECKING:
     from feast import Entity, FeatureService, FeatureStore, FeatureView, FileSource, PushSource
@@ -59,27 +60,21 @@ EVENT_TS = "event_time"  # feature rows: the bar's last millisecond
 CREATED_TS = "computed_at"  # feature rows: when the features job computed the row
 ENTITY_TS = "event_timestamp"  # entity dataframes (Feast's default name)
 BAR_COLUMNS = ("window_start_ms", "window_end_ms")
-# columns of one offline row, in file order
-COLUMNS: tuple[str, ...] = (
-    *ENTITY_KEYS,
-    *BAR_COLUMNS,
-    *PRICE_COLUMNS,
-    "trade_count",
-    *FEATURE_NAMES,
-    "features_ready",
-    EVENT_TS,
-    CREATED_TS,
-)
+# columns of one offline row, in file order: the `features` topic model (udfs/topics.py)
+# without its Kafka key; their Arrow types follow from the fields' kinds
+COLUMNS: tuple[str, ...] = tuple(n for n in FEATURES_TOPIC if n != "feature_key")
 TS_TYPE = pa.timestamp("us", tz="UTC")
-SCHEMA = pa.schema(
-    [pa.field(k, pa.string()) for k in ENTITY_KEYS]
-    + [pa.field(c, pa.int64()) for c in BAR_COLUMNS]
-    + [pa.field(c, pa.float64()) for c in PRICE_COLUMNS]
-    + [pa.field("trade_count", pa.int64())]
-    + [pa.field(c, pa.float64()) for c in FEATURE_NAMES]
-    + [pa.field("features_ready", pa.bool_()), pa.field(EVENT_TS, TS_TYPE)]
-    + [pa.field(CREATED_TS, TS_TYPE)]
-)
+_ARROW_OF_KIND = {
+    "ident": pa.string(),
+    "epoch_ms": pa.int64(),
+    "bar_end_ms": pa.int64(),
+    "count": pa.int64(),
+    "float": pa.float64(),
+    "float_or_null": pa.float64(),
+    "flag": pa.bool_(),
+    "iso_ms": TS_TYPE,
+}
+SCHEMA = pa.schema([pa.field(c, _ARROW_OF_KIND[FEATURES_TOPIC[c].kind]) for c in COLUMNS])
 YAML_VARS = (
     "CANDLEFLOW_FEAST_PROJECT",
     "CANDLEFLOW_FEAST_DIR",
@@ -196,16 +191,20 @@ def definitions(settings: Settings) -> Definitions:
         batch_source=offline,
         description="the feature writer pushes `features` rows online (PushMode.ONLINE)",
     )
-    keys = [Field(name="symbol", dtype=String), Field(name="timeframe", dtype=String)]
+    # Feast types from the `features` topic model's kinds (udfs/topics.py)
+    feast_of_kind = {"ident": String, "epoch_ms": Int64, "bar_end_ms": Int64, "count": Int64}
+    feast_of_kind |= {"float": Float64, "float_or_null": Float64, "flag": Bool}
+
+    def fields(names: tuple[str, ...]) -> list[Field]:
+        return [Field(name=c, dtype=feast_of_kind[FEATURES_TOPIC[c].kind]) for c in names]
+
+    keys = fields(ENTITY_KEYS)
     ttl = timedelta(seconds=settings.feast_ttl_s)
     candles = FeatureView(
         name=CANDLES_VIEW,
         entities=[symbol, timeframe],
         ttl=ttl,
-        schema=keys
-        + [Field(name=c, dtype=Int64) for c in BAR_COLUMNS]
-        + [Field(name=c, dtype=Float64) for c in PRICE_COLUMNS]
-        + [Field(name="trade_count", dtype=Int64)],
+        schema=keys + fields((*BAR_COLUMNS, *PRICE_COLUMNS, "trade_count")),
         source=push,
         online=True,
         description="the closed candle; window_*_ms are lineage, not model inputs",
@@ -214,9 +213,7 @@ def definitions(settings: Settings) -> Definitions:
         name=INDICATORS_VIEW,
         entities=[symbol, timeframe],
         ttl=ttl,
-        schema=keys
-        + [Field(name=c, dtype=Float64) for c in FEATURE_NAMES]
-        + [Field(name="features_ready", dtype=Bool)],
+        schema=keys + fields((*FEATURE_NAMES, "features_ready")),
         source=push,
         online=True,
         description="30 TA-Lib indicators (udfs/indicators.py); null until warm",
