@@ -51,7 +51,7 @@ import numpy as np
 
 from bench.common import machine_info, write_report
 from infra.local import RedisServer, TansuBroker, free_port
-from infra.settings import REPO_ROOT, SHARED_DATA, Settings
+from infra.settings import REPO_ROOT, SHARED_DATA, Settings, settings_env
 
 HERE = Path(__file__).resolve().parent
 TRADES = SHARED_DATA / "binance_trades_sample.parquet"
@@ -155,18 +155,7 @@ class Sender:
 
 # ----------------------------------------------------------------------------- pipeline
 def env_for(s: Settings, extra: dict[str, str]) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "CANDLEFLOW_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-            "CANDLEFLOW_STATE_DIR": str(s.state_dir),
-            "CANDLEFLOW_REDIS_PORT": str(s.redis_port),
-            "CANDLEFLOW_CLICKHOUSE_URL": s.clickhouse_url,
-            "CANDLEFLOW_GROUP_ID": s.group_id,
-            "CANDLEFLOW_WRITER_GROUP_ID": s.writer_group_id,
-            "CANDLEFLOW_METRICS_PORT": "0",
-        }
-    )
+    env = os.environ | settings_env(s) | {"CANDLEFLOW_METRICS_PORT": "0"}
     env.update(extra)
     return env
 

@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from infra.settings import Settings
+from infra.settings import Settings, settings_env
 from udfs.contract import PRICE_COLUMNS
 from udfs.indicators import FEATURE_NAMES
 from udfs.topics import FEATURES as FEATURES_TOPIC
@@ -91,18 +91,12 @@ def feast_env(settings: Settings) -> dict[str, str]:
     ``feature_store.yaml`` names these variables; the definitions file reads the same
     settings (``CANDLEFLOW_FEAST_DIR``, ``CANDLEFLOW_FEAST_TTL_S``) through ``Settings``.
     """
-    return {
-        "CANDLEFLOW_FEAST_PROJECT": settings.feast_project,
-        "CANDLEFLOW_FEAST_DIR": str(settings.feast_home.resolve()),
-        "CANDLEFLOW_FEAST_TTL_S": str(settings.feast_ttl_s),
-        "CANDLEFLOW_REDIS_HOST": settings.redis_host,
-        "CANDLEFLOW_REDIS_PORT": str(settings.redis_port),
+    env = settings_env(settings.model_copy(update={"feast_dir": settings.feast_home.resolve()}))
+    needed = ("FEAST_PROJECT", "FEAST_DIR", "FEAST_TTL_S", "REDIS_HOST", "REDIS_PORT")
+    password = env.get("CANDLEFLOW_REDIS_PASSWORD")
+    return {f"CANDLEFLOW_{k}": env[f"CANDLEFLOW_{k}"] for k in needed} | {
         # appended to feature_store.yaml's connection_string (Feast's "host:port,password=")
-        "CANDLEFLOW_REDIS_AUTH": (
-            f",password={settings.redis_password.get_secret_value()}"
-            if settings.redis_password
-            else ""
-        ),
+        "CANDLEFLOW_REDIS_AUTH": f",password={password}" if password else ""
     }
 
 
