@@ -19,7 +19,7 @@ from tests.integration.candles_harness import assert_candles_equal, produce_raw
 from tests.reference import candles_reference
 
 pytestmark = pytest.mark.integration
-JOB = Path(__file__).resolve().parents[2] / "jobs" / "candles.py"
+JOB = Path(__file__).resolve().parents[2] / "jobs" / "flink" / "candles.py"
 
 
 @pytest.fixture(scope="module")

@@ -48,8 +48,8 @@ from tests.conftest import CANDLES_CSV, TRADES_PARQUET
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-CANDLES_JOB = ROOT / "jobs" / "candles.py"
-FEATURES_JOB = ROOT / "jobs" / "features.py"
+CANDLES_JOB = ROOT / "jobs" / "flink" / "candles.py"
+FEATURES_JOB = ROOT / "jobs" / "flink" / "features.py"
 PASSES = 3  # real trades replayed 3x (time-shifted): ~348k trades, ~50 s of candles job
 BARS = 5_000  # 1m klines per symbol for the features job: 25,000 candles, ~40 s
 # columns set by the clock, not by the data: differ between any two runs

@@ -55,7 +55,7 @@ from tests.integration.test_strategy_job import (
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
-STRATEGY_JOB = ROOT / "jobs" / "strategy.py"
+STRATEGY_JOB = ROOT / "jobs" / "flink" / "strategy.py"
 JOB_NAME = "candleflow-strategy"
 SYMBOLS = ("BTCUSDT", "ETHUSDT")
 FROM_BAR = 450  # after the model's knowledge end: every prediction is `ok`
