@@ -13,13 +13,14 @@ import pytest
 from infra.flink_cluster import FlinkCluster
 from infra.kafka import read_all
 from infra.local import free_port
+from infra.settings import REPO_ROOT
 from jobs.ingest.replay import load_trades, to_messages
 from tests.conftest import TRADES_PARQUET, make_settings
 from tests.integration.candles_harness import assert_candles_equal, produce_raw
 from tests.reference import candles_reference
 
 pytestmark = pytest.mark.integration
-JOB = Path(__file__).resolve().parents[2] / "jobs" / "flink" / "candles.py"
+JOB = REPO_ROOT / "jobs" / "flink" / "candles.py"
 
 
 @pytest.fixture(scope="module")

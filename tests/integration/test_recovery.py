@@ -38,7 +38,7 @@ from infra.clickhouse import ClickHouseStore, connect
 from infra.flink_cluster import FlinkCluster
 from infra.kafka import ensure_topics, read_all
 from infra.local import ClickHouseServer, RedisServer, free_port
-from infra.settings import Settings
+from infra.settings import REPO_ROOT, Settings
 from jobs.flink.features import kline_message
 from jobs.ingest.replay import load_trades, repeated_messages
 from jobs.writers.base import WriterConfig
@@ -47,7 +47,7 @@ from jobs.writers.features import FeatureWriter
 from tests.conftest import CANDLES_CSV, TRADES_PARQUET
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 CANDLES_JOB = ROOT / "jobs" / "flink" / "candles.py"
 FEATURES_JOB = ROOT / "jobs" / "flink" / "features.py"
 PASSES = 3  # real trades replayed 3x (time-shifted): ~348k trades, ~50 s of candles job

@@ -30,7 +30,7 @@ import pytest
 from infra.clickhouse import TRADING_TABLES, connect
 from infra.flink_cluster import FlinkCluster
 from infra.local import ClickHouseServer, RedisServer, TansuBroker
-from infra.settings import Settings
+from infra.settings import REPO_ROOT, Settings
 from jobs.writers.trading import TradingWriter, trading_config
 from tests.conftest import CANDLES_CSV
 from tests.integration.predictor_fixtures import (
@@ -54,7 +54,7 @@ from tests.integration.test_strategy_job import (
 )
 
 pytestmark = pytest.mark.integration
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO_ROOT
 STRATEGY_JOB = ROOT / "jobs" / "flink" / "strategy.py"
 JOB_NAME = "candleflow-strategy"
 SYMBOLS = ("BTCUSDT", "ETHUSDT")

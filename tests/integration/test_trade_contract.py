@@ -11,20 +11,20 @@ from __future__ import annotations
 import base64
 import json
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from infra.connectors import Endpoints
 from infra.kafka import OffsetTracker, make_producer, read_all, send_tracked
+from infra.settings import REPO_ROOT
 from jobs.flink import candles
 from jobs.ingest.schema import InvalidTrade, validate
 from tests.conftest import make_settings
 from udfs.trade_contract import REASONS
 
 pytestmark = pytest.mark.integration
-CORPUS = Path(__file__).resolve().parent.parent / "data" / "trades_corpus.jsonl"
+CORPUS = REPO_ROOT / "tests" / "data" / "trades_corpus.jsonl"
 
 
 def load_corpus() -> list[dict[str, Any]]:
