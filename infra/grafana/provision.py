@@ -27,7 +27,7 @@ from grafana_client.client import (
     GrafanaUnauthorizedError,
 )
 
-from infra.grafana.build import FOLDER_TITLE, FOLDER_UID, GRAFANA_DIR, datasources
+from infra.grafana.datasources import FOLDER_TITLE, FOLDER_UID, GRAFANA_DIR, datasources
 
 Json = dict[str, Any]
 # keys Grafana adds to a stored dashboard; everything else is what we sent

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from infra.grafana.build import GRAFANA_DIR
+from infra.grafana.datasources import GRAFANA_DIR
 from infra.settings import get_settings
 
 console = Console(stderr=True)

@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from infra.grafana import build
-from infra.grafana.build import CLICKHOUSE_PLUGIN, CLICKHOUSE_UID, FOLDER_UID, PROMETHEUS_UID
+from infra.grafana import build, pipeline, serving
+from infra.grafana.datasources import CLICKHOUSE_PLUGIN, CLICKHOUSE_UID, FOLDER_UID, PROMETHEUS_UID
 from infra.grafana.provision import ProvisionError, provision
 from infra.settings import get_settings
 from jobs.cli import app
@@ -429,7 +429,7 @@ def test_prometheus_metric_names_exist_in_bentoml() -> None:
         assert f'name="{name}"' in src
     cfg = Path(instruments.__file__).parents[2] / "configuration/v2/default_configuration.yaml"
     namespace = yaml.safe_load(cfg.read_text())["services"]["metrics"]["namespace"]
-    assert namespace == build.BENTO == "bentoml_service"
+    assert namespace == serving.BENTO == "bentoml_service"
     labels = {"le", "endpoint", "http_response_code"}  # the middleware's labels (+ le)
     for d in _dashboards():
         for _, t in _targets(d):
@@ -545,7 +545,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
          "bar_end_ms": T0 + 9 * MIN, "side": "buy", "qty": 5.0, "decision_price": 100.0,
          "reason": "insufficient_cash", "signal": 1.0, "status": "rejected"}])  # fmt: skip
     fresh = []
-    for k, stage in enumerate(build.STAGES):
+    for k, stage in enumerate(pipeline.STAGES):
         for i, b in enumerate(bars):
             end = b + MIN
             lag = 50 * (k + 1) + i
@@ -673,7 +673,7 @@ def test_query_values(store: Any) -> None:
     """A few panels checked against the rows inserted above."""
     lag = _panel_rows(store, "candleflow-pipeline",
                       "Lag per stage (first observation per bar, time range)")  # fmt: skip
-    assert list(lag["stage"]) == list(build.STAGES)  # pipeline order, not alphabetical
+    assert list(lag["stage"]) == list(pipeline.STAGES)  # pipeline order, not alphabetical
     assert list(lag["bars"]) == [N_BARS] * 4
     # first observation per bar: the re-delivered candle (lag + 9 s) does not count
     assert list(lag["max_ms"]) == [50 * (k + 1) + N_BARS - 1 for k in range(4)]
