@@ -9,7 +9,8 @@ depth 4) trained on those candles and saved to a temporary BentoML model store.
 - ``floor``: in the bench process, no HTTP: ``PredictorCore.predict`` (one Feast online
   read of the cached feature service + checks + ``booster.inplace_predict``), and the raw
   ``get_online_features(...).to_dict()`` + ``inplace_predict`` alone.
-- ``http``: ``bentoml serve`` (``--workers`` processes, access log off) on loopback;
+- ``http``: ``bentoml serve`` (``--workers`` processes, access log off) on loopback, started
+  and stopped by the one launcher (jobs/ml/serve.py);
   single client p50/p99 of ``/predict`` with one symbol (persistent connection), then
   ``--clients`` concurrent clients (threads, one keep-alive connection each) for
   ``--seconds`` s each: ``/predict`` 1 symbol, ``/predict`` 50 symbols, ``/predict_batch``
@@ -25,12 +26,11 @@ import argparse
 import http.client
 import json
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from bench.common import machine_info, write_report
-from infra.procs import stop_tree
+from jobs.ml.serve import PredictorProcess, predictor_env, serve_predictor
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -198,59 +198,16 @@ def floor(s: Any, client: Any, names: list[str], calls: int) -> dict[str, Any]:
     return out
 
 
-def serve(s: Any, tmp: Path, workers: int) -> tuple[subprocess.Popen[bytes], int]:
-    from infra.local import free_port
-
-    port = free_port()
-    env = {
-        **os.environ,
-        "BENTOML_HOME": str(tmp / "bentoml"),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "CANDLEFLOW_STATE_DIR": str(tmp),
-        "CANDLEFLOW_FEAST_DIR": str(s.feast_home),
-        "CANDLEFLOW_FEAST_PROJECT": s.feast_project,
-        "CANDLEFLOW_REDIS_HOST": s.redis_host,
-        "CANDLEFLOW_REDIS_PORT": str(s.redis_port),
-        "CANDLEFLOW_MODEL_NAME": s.model_name,
-        "CANDLEFLOW_SERVING_MAX_DELAY_S": "3600",
-        "CANDLEFLOW_SERVING_MODEL_POLL_S": "0",
-        "CANDLEFLOW_SERVING_WORKERS": str(workers),
+def serve(s: Any, tmp: Path, workers: int) -> AbstractContextManager[PredictorProcess]:
+    """``bentoml serve`` of bentos/predictor with ``workers`` processes, the access log off,
+    on a free loopback port, through the one launcher (jobs.ml.serve); stopped on exit."""
+    env = predictor_env(
+        s.model_copy(update={"serving_workers": workers}),
+        bentoml_home=tmp / "bentoml",
         # access log off (measured +35 % throughput, FEASIBILITY.md)
-        "BENTOML_CONFIG_OPTIONS": "api_server.logging.access.enabled=false",
-    }
-    log = open(tmp / f"serve-{workers}.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bentoml",
-            "serve",
-            "bentos.predictor.service:Predictor",
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        extra={"BENTOML_CONFIG_OPTIONS": "api_server.logging.access.enabled=false"},
     )
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/readyz")
-            if c.getresponse().status == 200:
-                return proc, port
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.5)
-    stop_tree(proc, 0)
-    raise RuntimeError((tmp / f"serve-{workers}.log").read_text()[-3000:])
+    return serve_predictor(env, tmp / f"serve-{workers}.log", timeout_s=180, stop_grace_s=30)
 
 
 def http_cases(port: int, names: list[str], args: argparse.Namespace) -> dict[str, Any]:
@@ -303,12 +260,9 @@ def main() -> None:
             res["floor"] = floor(s, client, names, args.calls)
             print("floor", json.dumps(res["floor"]), flush=True)
             for w in [int(x) for x in args.workers.split(",")]:
-                proc, port = serve(s, tmp, w)
-                try:
-                    res[f"http_workers_{w}"] = http_cases(port, names, args)
+                with serve(s, tmp, w) as p:  # stops the arbiter and its workers
+                    res[f"http_workers_{w}"] = http_cases(p.port, names, args)
                     print(w, json.dumps(res[f"http_workers_{w}"]), flush=True)
-                finally:
-                    stop_tree(proc, 30)  # the arbiter and its workers
         finally:
             redis.stop()
     report = {

@@ -7,8 +7,9 @@
   definition) -> Feast offline store -> training set -> walk-forward XGBoost (jobs.ml.train) ->
   the model store; returns an :class:`Env` with the settings and environment a
   ``bentoml serve`` subprocess needs.
-- :class:`BentoServer` / :func:`serving`: ``bentoml serve`` in a subprocess, ready when
-  ``/readyz`` answers 200; it can be stopped and started again on the same port.
+- :class:`BentoServer` / :func:`serving`: ``bentoml serve`` in a subprocess, started, checked
+  ready and stopped by the one launcher (jobs.ml.serve.start_predictor); it can be stopped and
+  started again on the same port.
 """
 
 from __future__ import annotations
@@ -16,23 +17,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pandas as pd
 import pytest
+from pydantic import SecretStr
 
 from infra.feature_store import FeatureStoreClient
 from infra.local import RedisServer, free_port
 from infra.settings import REPO_ROOT, Settings
+from jobs.ml.serve import PredictorProcess, predictor_env
 
 SERVICE_TARGET = "service:Predictor"
 SERVICE_DIR = REPO_ROOT / "bentos" / "predictor"
@@ -135,24 +135,18 @@ def train_env(
     build_dataset(s, t0, t1, ["fwd_ret_5"], dataset, client=client)
     res = train(s, dataset, TrainConfig(folds=folds, rounds=rounds, early_stopping=10, nthread=1))
     assert res.tag is not None
-    proc_env = {
-        **os.environ,
-        "BENTOML_HOME": str(home),
-        "BENTOML_DO_NOT_TRACK": "true",
-        "CANDLEFLOW_STATE_DIR": str(tmp),
-        "CANDLEFLOW_FEAST_DIR": str(tmp / "feast"),
-        "CANDLEFLOW_FEAST_PROJECT": s.feast_project,
-        "CANDLEFLOW_REDIS_HOST": redis.host,
-        "CANDLEFLOW_REDIS_PORT": str(redis.port),
-        "CANDLEFLOW_MODEL_NAME": s.model_name,
-        "CANDLEFLOW_SERVING_MODEL_POLL_S": "1",
-        "CANDLEFLOW_SERVING_ADMIN_TOKEN": ADMIN_TOKEN,
-    }
+    # the settings as CANDLEFLOW_* (state and Feast dirs, project, Redis, model name, poll
+    # 1 s), this model store, and the admin token of the test servers
+    proc_env = predictor_env(
+        s.model_copy(update={"serving_admin_token": SecretStr(ADMIN_TOKEN)}), bentoml_home=home
+    )
     return Env(s, client, redis, home, res.tag, res.report_dir, res.report, proc_env, rows)
 
 
 class BentoServer:
-    """``bentoml serve TARGET`` in its own process group; ``start`` waits for /readyz 200."""
+    """``bentoml serve TARGET`` from ``cwd`` through the one launcher
+    (jobs.ml.serve.start_predictor: own process group, ready by BentoML's client, the whole
+    tree stopped); ``start`` can be called again after ``stop``, on the same port."""
 
     def __init__(
         self, env: Env, target: str, cwd: Path, name: str, port: int | None = None
@@ -163,61 +157,37 @@ class BentoServer:
         self.name = name
         self.port = port or free_port()
         self.log_path = env.settings.state_dir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
+        self.process: PredictorProcess | None = None
 
     def start(self, timeout_s: float = 120) -> float:
         """Start and wait until ready; returns the seconds it took."""
-        t0 = time.monotonic()
-        self._log = open(self.log_path, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bentoml",
-                "serve",
-                self.target,
-                "--port",
-                str(self.port),
-                "--host",
-                "127.0.0.1",
-            ],
-            cwd=self.cwd,
-            env=self.env.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if get(self.port, "/readyz")[0] == 200:
-                break
-            time.sleep(0.3)
-        if self.proc.poll() is not None or get(self.port, "/readyz")[0] != 200:
-            self.stop()
-            pytest.fail(
-                f"bentoml serve {self.target} not ready:\n{self.log_path.read_text()[-4000:]}"
+        from jobs.ml.serve import PredictorStartError, start_predictor
+
+        try:
+            self.process = start_predictor(
+                self.env.env,
+                self.log_path,
+                port=self.port,
+                target=self.target,
+                cwd=self.cwd,
+                timeout_s=timeout_s,
             )
-        return time.monotonic() - t0
+        except PredictorStartError as e:
+            pytest.fail(f"bentoml serve {self.target}: {e}")
+        return self.process.started_s
 
     def stop(self) -> None:
         """SIGTERM the process group, then SIGKILL whatever of its tree is left after 15 s
         (infra.procs.stop_tree: no orphaned worker keeps the port)."""
-        from infra.procs import stop_tree
-
-        proc = self.proc
-        if proc is not None:
-            stop_tree(proc, 15)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        self.proc = None
+        if self.process is not None:
+            self.process.stop(15)
+        self.process = None
 
 
 @contextlib.contextmanager
 def serving(env: Env, target: str, cwd: Path, name: str, port: int | None = None) -> Iterator[int]:
-    """`bentoml serve TARGET` in a subprocess (a free port unless given), ready (/readyz
-    200); yields the port, stops the server on exit."""
+    """`bentoml serve TARGET` (a free port unless given), ready; yields the port, stops the
+    server on exit."""
     server = BentoServer(env, target, cwd, name, port)
     server.start()
     try:

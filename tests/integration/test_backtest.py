@@ -180,13 +180,13 @@ def test_readme_request_against_the_served_model(runs, tmp_path: Path) -> None:
     import re
     import subprocess
     import sys
-    import time
     import urllib.request
 
     from infra.local import free_port
     from infra.procs import stop_tree
     from infra.settings import REPO_ROOT, settings_env
     from jobs.backtest.demo import CURL_LINE, SERVE_LINE
+    from jobs.ml.serve import wait_ready
 
     readme = (REPO_ROOT / "README.md").read_text()
     assert SERVE_LINE in readme and CURL_LINE in readme
@@ -205,17 +205,7 @@ def test_readme_request_against_the_served_model(runs, tmp_path: Path) -> None:
         )  # fmt: skip
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(url + "/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.5)
+        wait_ready(proc, url, 120, log)  # BentoML's client; fails fast if the command exits
         req = urllib.request.Request(
             url + "/predict", data=body.group(1).encode(),
             headers={"Content-Type": "application/json"},
