@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     # set: the local redis-server requires it (AUTH) and every client sends it
     redis_password: SecretStr | None = Field(None, description="Redis AUTH password")
 
-    # --- ClickHouse analytics store (infra/clickhouse.py) ---------------------------------
+    # --- ClickHouse analytics store (infra/clickhouse/) -----------------------------------
     # clickhouse://[user[:password]@]host:port/database (a server) or chdb://PATH (embedded
     # chDB); empty = chdb://<state_dir>/chdb. `candleflow up --clickhouse` starts a local
     # 18.16 server on the two ports below.
