@@ -10,27 +10,18 @@ from typing import Any
 
 import pandas as pd
 
+from udfs.topics import FEATURES as FEATURES_TOPIC
+
 Row = Mapping[str, Any]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
-# the `features` table (sql/clickhouse/002_features.sql): these columns, then one
-# Nullable(Float64) column per udfs.indicators.FEATURE_NAMES, then the tail
-FEATURES_BASE_COLUMNS = (
-    "feature_key",
-    "symbol",
-    "timeframe",
-    "window_start_ms",
-    "window_end_ms",
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "vwap",
-    "trade_count",
-)
-FEATURES_TAIL_COLUMNS = ("features_ready", "event_time", "computed_at")
+# the `features` table (sql/clickhouse/002_features.sql): the `features` topic model
+# (udfs/topics.py): its fields up to trade_count, then one Nullable(Float64) column per
+# udfs.indicators.FEATURE_NAMES, then the tail
+_FIELDS = list(FEATURES_TOPIC)
+FEATURES_BASE_COLUMNS = tuple(_FIELDS[: _FIELDS.index("trade_count") + 1])
+FEATURES_TAIL_COLUMNS = tuple(_FIELDS[_FIELDS.index("features_ready") :])
 
 
 def features_columns() -> list[str]:

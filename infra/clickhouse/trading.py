@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from infra.clickhouse.errors import quote
+from udfs.topics import pandas_dtypes
 
 if TYPE_CHECKING:
     from infra.clickhouse.store import ClickHouseStore
@@ -21,39 +22,10 @@ TRADING_TABLES = {
     "fills": "trading_fills",
     "equity": "trading_equity",
 }
-_ORDER_DTYPES = {
-    "strategy": "object",
-    "timeframe": "object",
-    "client_order_id": "object",
-    "symbol": "object",
-    "bar_end_ms": "int64",
-    "side": "object",
-    "qty": "float64",
-    "decision_price": "float64",
-    "reason": "object",
-    "signal": "float64",
-    "status": "object",
-}
-_FILL_DTYPES = {
-    "strategy": "object",
-    "timeframe": "object",
-    "client_order_id": "object",
-    "symbol": "object",
-    "bar_end_ms": "int64",
-    "side": "object",
-    **dict.fromkeys(
-        ("qty", "price", "fee", "position_after", "avg_entry_after", "realized_pnl", "cash_after"),
-        "float64",
-    ),
-}
-_EQUITY_DTYPES = {
-    "strategy": "object",
-    "timeframe": "object",
-    "bar_end_ms": "int64",
-    **dict.fromkeys(("cash", "equity", "gross", "realized_pnl", "fees_paid"), "float64"),
-    "killed": "bool",
-    "degraded": "int64",
-}
+# the trading tables read back as frames: the topic models' dtypes (udfs/topics.py)
+_ORDER_DTYPES = pandas_dtypes("orders")
+_FILL_DTYPES = pandas_dtypes("fills")
+_EQUITY_DTYPES = pandas_dtypes("equity")
 _DAILY_DTYPES = {
     "day": "object",
     **dict.fromkeys(
