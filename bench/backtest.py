@@ -46,8 +46,8 @@ def ceiling(res: Any, klines: pd.DataFrame, start_ms: int, end_ms: int) -> dict[
     """Vectorized features + predictions + rules over the same klines and models."""
     import bentoml
 
-    from jobs.ml.train import FEATURES
     from udfs.indicators import FEATURE_NAMES, INPUTS, compute_series
+    from udfs.model_features import FEATURES
     from udfs.strategy import StrategyConfig, run_batch
 
     t0 = time.perf_counter()
@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(HERE.parent))
     from infra.local import RedisServer, TansuBroker, free_port
     from infra.settings import Settings
-    from jobs.backtest.run import BacktestConfig, load_klines, run_backtest
+    from jobs.backtest.data import load_klines
+    from jobs.backtest.run import BacktestConfig, run_backtest
 
     broker = TansuBroker(port=free_port(), state_dir=tmp)
     redis = RedisServer(port=free_port(), state_dir=tmp)

@@ -123,8 +123,11 @@ def setup(tmp: Path, rounds: int) -> tuple[Any, Any, list[str], Any]:
     from infra.feature_store import FeatureStoreClient
     from infra.local import RedisServer, free_port
     from infra.settings import Settings
+    from jobs.ml.artefact import save_booster
+    from jobs.ml.booster import TrainConfig
     from jobs.ml.dataset import CLASSES, feature_rows_from_candles, forward_returns, label_class
-    from jobs.ml.train import FEATURES, TrainConfig, class_index, matrix, save_booster
+    from jobs.ml.training_set import class_index, matrix
+    from udfs.model_features import FEATURES
 
     redis = RedisServer(port=free_port(), state_dir=tmp)
     redis.start()
@@ -172,7 +175,7 @@ def setup(tmp: Path, rounds: int) -> tuple[Any, Any, list[str], Any]:
 
 def floor(s: Any, client: Any, names: list[str], calls: int) -> dict[str, Any]:
     from bentos.predictor.core import PredictorCore
-    from jobs.ml.train import FEATURES
+    from udfs.model_features import FEATURES
 
     core = PredictorCore(s, client)
     svc = core.feature_service

@@ -81,7 +81,7 @@ class ScoreItem:
 
 def knowledge_end_ms(model: LoadedModel) -> int | None:
     """The first bar end a model may score without looking ahead: its last training row's
-    time plus the label horizon plus one bar (metadata of ``jobs/ml/train.py``); None when the
+    time plus the label horizon plus one bar (metadata of ``jobs/ml/artefact.py``); None when the
     metadata does not say (models from elsewhere)."""
     meta = model.metadata
     try:

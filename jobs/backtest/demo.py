@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -30,6 +30,9 @@ from infra.local import local_stack
 from infra.settings import Settings
 from jobs.flink import candles
 from jobs.ingest.replay import TradeSink, load_trades, repeated_messages
+
+if TYPE_CHECKING:
+    from jobs.backtest.config import BacktestResult
 
 
 class PeakMemory:
@@ -118,6 +121,24 @@ def _run_demo(
     history_days: float,
 ) -> dict[str, object]:
     t_start = time.monotonic()
+    before = _start_stack(settings, console)
+    sink = _replay_trades(settings, data, console, progress_factory)
+    _candles_job(settings, sink, console)
+    per_tf, dlq, late = _show_candles(settings, before, console)
+    candles_s = time.monotonic() - t_start
+
+    # B: the rest of the mission on real klines ------------------------------------------
+    res = _backtest(settings, console, progress_factory, klines, symbols, start, end, history_days)
+    _show_metrics(res, start, end, console)
+    summary = _summary(settings, sink, per_tf, dlq, late, candles_s, res, t_start)
+    _show_summary(summary, console)
+    (res.out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def _start_stack(settings: Settings, console: Console) -> dict[str, int]:
+    """A 1/4: the local stack and the candles stage's topics; returns how many records the
+    topics after ``trades`` already hold (the demo counts only its own)."""
     console.rule("[bold]A 1/4 local stack")
     for svc in local_stack(settings):
         console.print(svc.start())
@@ -128,11 +149,16 @@ def _run_demo(
         settings.topic_candles,
     ]
     ensure_topics(settings.kafka_bootstrap, topics, partitions=settings.topic_partitions)
-    before = {
+    return {
         t: len(read_all(settings.kafka_bootstrap, t, idle_timeout_s=1, deserialize=None))
         for t in topics[1:]
     }
 
+
+def _replay_trades(
+    settings: Settings, data: Path, console: Console, progress_factory: Any
+) -> TradeSink:
+    """A 2/4: the real trades sample -> the trades topic, once; returns the sink."""
     console.rule(f"[bold]A 2/4 replay {data.name}")
     df = load_trades(data)
     sink = TradeSink.for_settings(settings)
@@ -149,7 +175,11 @@ def _run_demo(
         f"sent {sink.stats.sent:,} trades in {time.monotonic() - t0:.1f}s, "
         f"offsets {sink.tracker.start} .. {sink.tracker.end}"
     )
+    return sink
 
+
+def _candles_job(settings: Settings, sink: TradeSink, console: Console) -> None:
+    """A 3/4: the candles Flink SQL job, bounded to exactly the replayed offsets."""
     console.rule("[bold]A 3/4 candles job (Flink SQL, local MiniCluster, bounded replay)")
     t0 = time.monotonic()
     handle = candles.submit(
@@ -162,6 +192,12 @@ def _run_demo(
     job_s = time.monotonic() - t0
     console.print(f"job finished in {job_s:.1f}s")
 
+
+def _show_candles(
+    settings: Settings, before: dict[str, int], console: Console
+) -> tuple[Counter[str], int, int]:
+    """A 4/4: the new candles per timeframe and a sample; returns the candles per timeframe
+    and how many trades the job dead-lettered and found late."""
     console.rule("[bold]A 4/4 candles")
     dec = lambda b: json.loads(b, parse_float=Decimal)  # noqa: E731
     out = read_all(
@@ -189,9 +225,20 @@ def _run_demo(
     )
     if sample:
         console.print("sample candle:", json.dumps(sample, default=str))
-    candles_s = time.monotonic() - t_start
+    return per_tf, dlq, late
 
-    # B: the rest of the mission on real klines ------------------------------------------
+
+def _backtest(
+    settings: Settings,
+    console: Console,
+    progress_factory: Any,
+    klines: Path | None,
+    symbols: tuple[str, ...],
+    start: str,
+    end: str,
+    history_days: float,
+) -> BacktestResult:
+    """B: a backtest on real 1m klines with the demo's rules (jobs/backtest/run.py)."""
     import pandas as pd
 
     from jobs.backtest.run import BacktestConfig, run_backtest
@@ -214,13 +261,17 @@ def _run_demo(
                 tasks[stage] = prog.add_task(stage, total=total)
             prog.update(tasks[stage], completed=done, total=total)
 
-        res = run_backtest(
+        return run_backtest(
             settings,
             cfg,
             on_stage=lambda m: console.rule(f"[bold]B {m}"),
             on_progress=advance,
             on_serving=lambda url, s: online_predictions(url, symbols, console),
         )
+
+
+def _show_metrics(res: BacktestResult, start: str, end: str, console: Console) -> None:
+    """The backtest's headline metrics against buy-and-hold."""
     r = res.report
     m = r["metrics"]
     t = Table(
@@ -236,8 +287,21 @@ def _run_demo(
     t.add_row("fees paid", _num(m.get("fees_paid")), "")
     console.print(t)
 
+
+def _summary(
+    settings: Settings,
+    sink: TradeSink,
+    per_tf: Counter[str],
+    dlq: int,
+    late: int,
+    candles_s: float,
+    res: BacktestResult,
+    t_start: float,
+) -> dict[str, object]:
+    """Where everything is, and what the demo counted and took."""
+    r = res.report
     tags = [x["tag"] for x in r["walk_forward"]["models"]]
-    summary: dict[str, object] = {
+    return {
         "broker": settings.kafka_bootstrap,
         "redis (Feast online store)": settings.redis_url,
         "candles stage topics": {
@@ -270,6 +334,9 @@ def _run_demo(
         "total_seconds": round(time.monotonic() - t_start, 1),
         "logs": str(settings.logs_dir),
     }
+
+
+def _show_summary(summary: dict[str, object], console: Console) -> None:
     s = Table("what", "where / value", title="demo summary")
     for k, v in summary.items():
         s.add_row(k, json.dumps(v, default=str) if isinstance(v, dict | list) else str(v))
@@ -280,8 +347,6 @@ def _run_demo(
     # printed whole (a table cell is cut to the terminal's width): both lines run as they are
     console.print(f"Serve the last model:  {SERVE_LINE}", soft_wrap=True)
     console.print(f"Then ask it:  {CURL_LINE}", soft_wrap=True)
-    (res.out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    return summary
 
 
 def online_predictions(url: str, symbols: tuple[str, ...], console: Console) -> dict[str, Any]:

@@ -84,7 +84,8 @@ def expected(env: Env, symbols: list[str], tag: str | None = None) -> np.ndarray
     """The oracle: booster.inplace_predict on the Feast online features of ``symbols``."""
     import bentoml
 
-    from jobs.ml.train import FEATURES, matrix
+    from jobs.ml.training_set import matrix
+    from udfs.model_features import FEATURES
 
     booster = bentoml.xgboost.load_model(tag or env.tag)
     df = env.client.online_features(symbols, "1m")
@@ -95,7 +96,7 @@ def expected(env: Env, symbols: list[str], tag: str | None = None) -> np.ndarray
 def test_feature_list_is_the_feature_service(env: Env) -> None:
     from bentos.predictor.core import service_features
     from infra.feature_store import definitions
-    from jobs.ml.train import FEATURES
+    from udfs.model_features import FEATURES
 
     assert service_features(definitions(env.settings).model_v1) == FEATURES
 
@@ -103,7 +104,7 @@ def test_feature_list_is_the_feature_service(env: Env) -> None:
 def test_training_report_and_model_metadata(env: Env) -> None:
     import bentoml
 
-    from jobs.ml.train import FEATURES
+    from udfs.model_features import FEATURES
 
     for name in ("report.json", "report.md", "feature_importance.png", "calibration.png"):
         assert (env.report_dir / name).stat().st_size > 0, name
@@ -134,7 +135,7 @@ def test_training_report_and_model_metadata(env: Env) -> None:
 
 
 def test_walk_forward_splits_never_train_on_the_future() -> None:
-    from jobs.ml.train import walk_forward_splits
+    from jobs.ml.splits import walk_forward_splits
 
     ts = pd.Series(pd.date_range("2021-01-01", periods=100, freq="1min", tz="UTC"))
     splits = walk_forward_splits(ts, 4, pd.Timedelta(minutes=5))
@@ -236,7 +237,8 @@ def score_items(env: Env, n: int = 20) -> tuple[list[dict[str, Any]], np.ndarray
     (``booster.inplace_predict`` on the same rows)."""
     import bentoml
 
-    from jobs.ml.train import FEATURES, matrix
+    from jobs.ml.training_set import matrix
+    from udfs.model_features import FEATURES
 
     rows = env.client.read_offline()
     rows = rows[rows["features_ready"].astype(bool)].groupby("symbol").tail(n)
@@ -294,7 +296,7 @@ def test_feature_mismatch_fails_loudly_and_reload_keeps_serving(env: Env) -> Non
     import bentoml
 
     from bentos.predictor.core import FeatureMismatch, PredictorCore
-    from jobs.ml.train import save_booster
+    from jobs.ml.artefact import save_booster
 
     core = PredictorCore(env.settings, env.client)
     booster = bentoml.xgboost.load_model(env.tag)
@@ -469,7 +471,7 @@ def test_http_picks_up_a_new_model(env: Env, server: int) -> None:
     swaps it in; /reload does it at once."""
     import bentoml
 
-    from jobs.ml.train import save_booster
+    from jobs.ml.artefact import save_booster
 
     booster = bentoml.xgboost.load_model(env.tag)
     meta = dict(bentoml.models.get(env.tag).info.metadata)

@@ -303,7 +303,8 @@ def test_job_equals_run_batch_on_real_candles_and_is_deterministic(
 ) -> None:
     import bentoml
 
-    from jobs.ml.train import FEATURES, matrix
+    from jobs.ml.training_set import matrix
+    from udfs.model_features import FEATURES
 
     bars_per_symbol = feature_rows.groupby("symbol").cumcount()
     rows = feature_rows[bars_per_symbol >= STREAM_FROM].reset_index(drop=True)

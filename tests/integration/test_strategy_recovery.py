@@ -110,7 +110,7 @@ def config(model: Env, rows: pd.DataFrame) -> dict[str, Any]:
     """Thresholds from the model's own signal, so that it trades (often)."""
     import bentoml
 
-    from jobs.ml.train import matrix
+    from jobs.ml.training_set import matrix
 
     proba = np.asarray(bentoml.xgboost.load_model(model.tag).inplace_predict(matrix(rows)))
     signal_ = proba[:, 2] - proba[:, 0]

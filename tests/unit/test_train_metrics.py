@@ -1,4 +1,5 @@
-"""Training metrics and splits (jobs/ml/train.py) against hand-computed values."""
+"""Training metrics and splits (jobs/ml/evaluation.py, jobs/ml/splits.py) against hand-computed
+values."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from jobs.ml.train import auc, log_loss, top_signals, walk_forward_splits
+from jobs.ml.evaluation import auc, log_loss, top_signals
+from jobs.ml.splits import walk_forward_splits
 
 
 def _auc_pairs(y: np.ndarray, s: np.ndarray) -> float:
@@ -57,7 +59,7 @@ def test_walk_forward_is_expanding_and_purged() -> None:
 def test_rolling_splits_use_only_the_last_blocks() -> None:
     import pandas as pd
 
-    from jobs.ml.train import walk_forward_splits
+    from jobs.ml.splits import walk_forward_splits
 
     ts = pd.Series(pd.date_range("2021-01-01", periods=600, freq="min", tz="UTC"))
     gap = pd.Timedelta(minutes=5)
