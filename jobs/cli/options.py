@@ -1,7 +1,7 @@
 """Options that several commands take, each defined once (``Annotated`` types).
 
 A command declares ``max_batch: MaxBatch = 0``; :func:`writer_overrides` turns the writer
-options into :class:`jobs.writers.base.WriterConfig` overrides (0 / "" = the setting's).
+options into :class:`jobs.writers.config.WriterConfig` overrides (0 / "" = the setting's).
 """
 
 from __future__ import annotations

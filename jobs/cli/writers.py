@@ -38,8 +38,8 @@ def candles_write(
     the insert (at-least-once + idempotent rows: candles re-emitted after a job restart
     collapse under FINAL).
     """
-    from jobs.writers.base import WriterConfig
     from jobs.writers.candles import run_candles_writer
+    from jobs.writers.config import WriterConfig
 
     s = get_settings()
     opts = writer_overrides(

@@ -24,17 +24,10 @@ from infra.clickhouse import candles_row
 from infra.freshness import TABLE as FRESHNESS_TABLE
 from infra.freshness import freshness_rows, observe, start_metrics_server
 from infra.settings import Settings
-from jobs.writers.base import (
-    Batch,
-    Column,
-    InvalidMessage,
-    KafkaBatchWriter,
-    WriterConfig,
-    WriterStats,
-    check_fields,
-    json_object,
-)
+from jobs.writers.base import KafkaBatchWriter
 from jobs.writers.columns import topic_columns
+from jobs.writers.config import Batch, WriterConfig, WriterStats
+from jobs.writers.validation import Column, InvalidMessage, check_fields, json_object
 
 DETECTED_BY = "candles_writer"
 TABLE = "candles"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from jobs.writers.base import (
+from jobs.writers.validation import (
     BAR_END_MS,
     COUNT,
     EPOCH_MS,

@@ -46,21 +46,12 @@ from infra.clickhouse import features_row
 from infra.freshness import TABLE as FRESHNESS_TABLE
 from infra.freshness import freshness_rows, now_ms, observe, start_metrics_server
 from infra.settings import Settings
-from jobs.writers.base import (
-    PAUSE_ENV,
-    Batch,
-    Column,
-    InvalidMessage,
-    KafkaBatchWriter,
-    TransientError,
-    WriterConfig,
-    WriterStats,
-    check_fields,
-    is_transient,
-    json_object,
-)
-from jobs.writers.base import dlq_record as _dlq_record
+from jobs.writers.base import PAUSE_ENV, KafkaBatchWriter
 from jobs.writers.columns import topic_columns
+from jobs.writers.config import Batch, WriterConfig, WriterStats
+from jobs.writers.dlq import dlq_record as _dlq_record
+from jobs.writers.errors import TransientError, is_transient
+from jobs.writers.validation import Column, InvalidMessage, check_fields, json_object
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -42,17 +42,10 @@ from infra.clickhouse import TRADING_TABLES
 from infra.freshness import TABLE as FRESHNESS_TABLE
 from infra.freshness import freshness_rows, now_ms, observe, start_metrics_server
 from infra.settings import Settings
-from jobs.writers.base import (
-    Batch,
-    Column,
-    InvalidMessage,
-    KafkaBatchWriter,
-    WriterConfig,
-    WriterStats,
-    check_fields,
-    json_object,
-)
+from jobs.writers.base import KafkaBatchWriter
 from jobs.writers.columns import topic_columns
+from jobs.writers.config import Batch, WriterConfig, WriterStats
+from jobs.writers.validation import Column, InvalidMessage, check_fields, json_object
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from infra.clickhouse import connect
 from infra.kafka import ensure_topics
 from infra.local import RedisServer, TansuBroker
 from infra.settings import Settings
-from jobs.writers.base import WriterConfig
+from jobs.writers.config import WriterConfig
 from jobs.writers.features import FeatureWriter
 from udfs.indicators import FEATURE_NAMES
 

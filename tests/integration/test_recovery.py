@@ -41,8 +41,8 @@ from infra.local import ClickHouseServer, RedisServer, free_port
 from infra.settings import REPO_ROOT, Settings
 from jobs.flink.features import kline_message
 from jobs.ingest.replay import load_trades, repeated_messages
-from jobs.writers.base import WriterConfig
 from jobs.writers.candles import CandlesWriter
+from jobs.writers.config import WriterConfig
 from jobs.writers.features import FeatureWriter
 from tests.conftest import CANDLES_CSV, TRADES_PARQUET
 

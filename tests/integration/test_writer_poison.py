@@ -38,7 +38,7 @@ from infra.clickhouse import ClickHouseStore, connect
 from infra.kafka import ensure_topics, read_all
 from infra.local import ClickHouseServer, RedisServer, TansuBroker
 from infra.settings import REPO_ROOT, SHARED_DATA, Settings
-from jobs.writers.base import DLQ_PAYLOAD_MAX_BYTES
+from jobs.writers.dlq import DLQ_PAYLOAD_MAX_BYTES
 from tests.writer_corpus import Case, expected_row, load, same
 
 pytestmark = pytest.mark.integration

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from jobs.writers.base import InvalidMessage
 from jobs.writers.candles import FIELDS, parse_candle_message
+from jobs.writers.validation import InvalidMessage
 
 # a real message of the candles job (sql/flink/candles.sql): decimals as JSON numbers,
 # emitted_at as Flink's ISO-8601 text

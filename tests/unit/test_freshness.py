@@ -26,7 +26,7 @@ from infra.freshness import (
 )
 from infra.local import free_port
 from infra.settings import REPO_ROOT, Settings
-from jobs.writers.base import Batch
+from jobs.writers.config import Batch
 from jobs.writers.trading import TradingWriter
 
 E = 1_700_000_040_000  # a bar end

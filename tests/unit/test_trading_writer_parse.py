@@ -210,7 +210,7 @@ def test_topics_dlqs_and_config() -> None:
 
 
 def test_dlq_record_names_the_trading_writer() -> None:
-    from jobs.writers.base import dlq_record
+    from jobs.writers.dlq import dlq_record
 
     rec = json.loads(dlq_record("not JSON: x", b"{nope", "orders", 0, 7, "trading_writer"))
     assert rec["detected_by"] == "trading_writer"

@@ -9,10 +9,10 @@ import re
 import pytest
 
 from infra.clickhouse import TRADING_TABLES, load_migrations
-from jobs.writers.base import DATETIME_MS, INT_RANGES, Column, InvalidMessage
 from jobs.writers.candles import COLUMNS as CANDLE_COLUMNS
 from jobs.writers.features import COLUMNS as FEATURE_COLUMNS
 from jobs.writers.trading import FIELDS as TRADING_FIELDS
+from jobs.writers.validation import DATETIME_MS, INT_RANGES, Column, InvalidMessage
 
 WRITERS: dict[str, dict[str, Column]] = {
     "candles": CANDLE_COLUMNS,

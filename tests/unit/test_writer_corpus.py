@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 
 from infra.clickhouse import features_row
-from jobs.writers.base import INT_RANGES, InvalidMessage, dlq_record
 from jobs.writers.candles import FIELDS as CANDLE_FIELDS
 from jobs.writers.candles import parse_candle_message
+from jobs.writers.dlq import dlq_record
 from jobs.writers.features import REQUIRED as FEATURE_FIELDS
 from jobs.writers.features import parse_feature_message
 from jobs.writers.trading import FIELDS as TRADING_FIELDS
 from jobs.writers.trading import parse_trading_message
+from jobs.writers.validation import INT_RANGES, InvalidMessage
 from tests.writer_corpus import TOPICS, Case, expected_row, load, same
 
 CASES = [c for t in TOPICS for c in load(t)]

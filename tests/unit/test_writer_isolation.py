@@ -18,15 +18,10 @@ import pytest
 
 from infra.clickhouse import ClickHouseDataError, ClickHouseError
 from infra.settings import Settings
-from jobs.writers.base import (
-    Batch,
-    InvalidMessage,
-    KafkaBatchWriter,
-    RowsRejected,
-    WriterConfig,
-    is_data_error,
-    is_transient,
-)
+from jobs.writers.base import KafkaBatchWriter
+from jobs.writers.config import Batch, WriterConfig
+from jobs.writers.errors import RowsRejected, is_data_error, is_transient
+from jobs.writers.validation import InvalidMessage
 
 
 @dataclass

@@ -5,7 +5,7 @@ should get.
     python -m tests.data.writer_corpus.make_corpus
 
 The verdicts are written here by hand, per case, from the documented rules (the column
-table in jobs/writers/base.py: ClickHouse types, the DateTime span, finiteness, strings);
+table in jobs/writers/validation.py: ClickHouse types, the DateTime span, finiteness, strings);
 they are never computed by the validator under test. Only two texts come from the
 standard library, because they are its messages, not ours: a JSON syntax error
 (``not JSON: <json.JSONDecodeError>``) and invalid UTF-8 (``not JSON:
