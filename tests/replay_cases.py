@@ -2,9 +2,9 @@
 row in them.
 
 The case lists below *are* the files: ``python -m tests.replay_cases`` rewrites them, and
-``tests/unit/test_replay_files.py`` checks that the committed files are exactly what these
-lists build. Every good row is a real trade from ``binance_trades_sample.parquet`` (checked
-against it), some with zero-padded decimals as Binance's REST API writes them. A bad row's
+``tests/unit/jobs/ingest/test_replay_files.py`` checks that the committed files are exactly
+what these lists build. Every good row is a real trade from ``binance_trades_sample.parquet``
+(checked against it), some with zero-padded decimals as Binance's REST API writes them. A bad row's
 expected reason is either written here (the reader's own reasons and the validator's stable
 ones) or ``None``: then it is whatever :func:`jobs.ingest.schema.validate` says about
 ``fields``, the texts the reader must hand it, so the tests follow the validator's rules.

@@ -7,7 +7,7 @@ same order of floating-point operations as the TA-Lib C library (0.8, which the 
 ``ta-lib`` wheel bundles: ``ta_EMA.c``, ``ta_MACD.c``, ``ta_RSI.c``, ...), written as loops
 over the bars with numpy operations across the rows. A Python call per row and per
 indicator costs ~5-9 us of wrapper overhead; here one call covers a whole Arrow batch.
-``tests/unit/test_talib_rows.py`` checks every function against TA-Lib on explicit slices
+``tests/unit/udfs/test_talib_rows.py`` checks every function against TA-Lib on explicit slices
 of real candles, at several price scales.
 
 A call has a fixed cost of ~20 ms (about 5,000 numpy operations), so it pays from ~100

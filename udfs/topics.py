@@ -11,7 +11,7 @@ these messages derives from here rather than typing the columns again:
   :mod:`udfs.flink_strategy`: pandas dtypes from :func:`pandas_dtypes`);
 - the prediction UDF's result columns (:mod:`udfs.predict_client`);
 - the ClickHouse tables (sql/clickhouse) are checked against it column by column
-  (tests/unit/test_topics.py), and new feature columns arrive as generated ``ALTER``
+  (tests/unit/udfs/test_topics.py), and new feature columns arrive as generated ``ALTER``
   migrations from :data:`FEATURES` (infra/clickhouse).
 
 Dependency-free but for :mod:`udfs.indicators`' feature names, so it sits at the bottom.

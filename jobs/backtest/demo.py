@@ -68,7 +68,7 @@ class PeakMemory:
 # The demo's rules: the default entry threshold (0.10) is rarely reached by a model trained
 # on a few days; these trade often enough to show every part (udfs/strategy_rules.md).
 # what the demo's summary and the README's quick start tell a user to run next (a test runs
-# the request against a backtest's served model: tests/integration/test_backtest.py)
+# the request against a backtest's served model: tests/integration/jobs/backtest/test_backtest.py)
 SERVE_LINE = ".venv/bin/candleflow serve --backtest last"
 CURL_LINE = (
     "curl -s -X POST http://127.0.0.1:3000/predict -H 'Content-Type: application/json' "

@@ -27,7 +27,7 @@ FLINK_DATA = "/flink-data"
 
 # What a job submitted from the host to the docker-compose cluster must see: the services'
 # in-network names (the TaskManagers connect to them, not this machine), the image's
-# python, checkpoints on the shared volume. tests/unit/test_compose.py checks these
+# python, checkpoints on the shared volume. tests/unit/infra/test_compose.py checks these
 # against docker-compose.yml.
 COMPOSE_JOB_SETTINGS: dict[str, str] = {
     "kafka_bootstrap": "kafka:9092",

@@ -4,7 +4,7 @@ The fields, rules and reason texts are defined once, in :mod:`udfs.trade_contrac
 candles job applies the same table (``TRADE_CHECK``,
 udfs/java/candleflow/TradeCheck.java), so a bad record gets the same verdict and reason
 whether ingestion or the Flink job catches it (proved by the corpus test
-``tests/integration/test_trade_contract.py``). ``price``/``qty`` travel as decimal text,
+``tests/integration/jobs/flink/test_trade_contract.py``). ``price``/``qty`` travel as decimal text,
 unchanged, so nothing is lost to binary floating point; ``side`` is the aggressor side.
 """
 

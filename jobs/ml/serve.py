@@ -7,8 +7,8 @@ port unless given) and wait until BentoML's own client (``bentoml.SyncHTTPClient
 finds it ready, failing fast with the log's tail if the process exits;
 ``PredictorProcess.stop`` stops the whole process tree (infra/procs.py), so no worker is left
 holding the port. The backtest, the serving benchmark (bench/serving.py) and the tests
-(tests/integration/predictor_fixtures.py) all start it this way; ``candleflow serve`` runs the
-same ``serve_command`` in the foreground.
+(tests/integration/bentos/predictor_fixtures.py) all start it this way; ``candleflow serve``
+runs the same ``serve_command`` in the foreground.
 
 ``backtest_serving`` finds what a backtest run served (its model store, Feast project and
 last model), so ``candleflow serve --backtest last`` serves the model of the last

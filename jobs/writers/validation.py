@@ -88,8 +88,8 @@ class Column:
     """What one message field must be for its target column(s) to hold it.
 
     ``ch_type`` is the ClickHouse type of the column the field is stored in, as written in
-    sql/clickhouse/*.sql (tests/unit/test_writer_columns.py checks every writer's columns
-    against the migrated tables); the check follows from it:
+    sql/clickhouse/*.sql (tests/unit/jobs/writers/test_writer_columns.py checks every
+    writer's columns against the migrated tables); the check follows from it:
 
     - ``Int*``/``UInt*``: a JSON integer (an integral float too, e.g. ``3.0``; never a
       boolean) in the type's range, narrowed to [``lo``, ``hi``) where the value also

@@ -7,7 +7,7 @@ it should get, written here by hand per case (never computed by the validator un
 One line per case: ``{"case": what it is, "payload": text | null, "expect": "ok" | reason}``;
 ``payload_b64`` instead of ``payload`` for bytes that are not valid UTF-8. Payloads that
 should pass get distinct trade ids and increasing timestamps, so none is a repeat of
-another. ``tests/integration/test_trade_contract.py`` sends every payload raw through the
+another. ``tests/integration/jobs/flink/test_trade_contract.py`` sends every payload raw through the
 Python validator and through the candles job and asserts both give ``expect``.
 """
 

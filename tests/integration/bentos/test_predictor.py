@@ -29,15 +29,15 @@ import pytest
 from infra.local import RedisServer, free_port
 from infra.settings import REPO_ROOT
 from tests.conftest import CANDLES_CSV
-from tests.integration.predictor_fixtures import (
+from tests.integration.bentos.predictor_fixtures import (
     ADMIN_TOKEN,
     Env,
     serving,
     train_env,
     use_bentoml_home,
 )
-from tests.integration.predictor_fixtures import get as _get
-from tests.integration.predictor_fixtures import post as _post
+from tests.integration.bentos.predictor_fixtures import get as _get
+from tests.integration.bentos.predictor_fixtures import post as _post
 
 pytestmark = pytest.mark.integration
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "SOLUSDT")

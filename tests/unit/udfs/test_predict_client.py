@@ -1,7 +1,7 @@
 """PredictClient without a prediction service: model schedule selection, /score payloads,
 per-item results, local refusals, and degraded mode + circuit breaker against a closed
 loopback port (a real refused connection, no HTTP mock). The client against the real
-service is tested in tests/integration/test_strategy_job.py."""
+service is tested in tests/integration/jobs/flink/test_strategy_job.py."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from infra.kafka import consume
 from jobs.flink import candles
 from jobs.ingest.replay import load_trades, to_messages
 from tests.conftest import TRADES_PARQUET, make_settings
-from tests.integration.candles_harness import assert_candles_equal, produce_raw
+from tests.integration.jobs.flink.candles_harness import assert_candles_equal, produce_raw
 from tests.reference import candles_reference
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from infra.kafka import read_all
 from jobs.ingest.live import run_live
 from jobs.ingest.replay import TradeSink
 from tests.conftest import make_settings
-from tests.integration.ws_server import Server
+from tests.integration.jobs.ingest.ws_server import Server
 
 pytestmark = pytest.mark.integration
 T0 = 1_700_000_000_000

@@ -2,7 +2,7 @@
 check exactly them, the paper broker's frames and the prediction UDF's result come from
 them, and the Flink sinks (the one place SQL must declare the columns again) hold the same
 fields in the same order. The ClickHouse tables are checked against the writers' columns,
-so against the models, in tests/unit/test_writer_columns.py."""
+so against the models, in tests/unit/jobs/writers/test_writer_columns.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Trading writer: message validation (what goes to the DLQ and why), the topic layouts vs
 the producers' and the tables', DLQ record shape. The writer itself is tested on real
-services in tests/integration/test_trading_writer.py."""
+services in tests/integration/jobs/writers/test_trading_writer.py."""
 
 from __future__ import annotations
 

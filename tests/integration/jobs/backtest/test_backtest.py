@@ -22,7 +22,7 @@ import pytest
 
 from infra.settings import Settings
 from tests.conftest import CANDLES_CSV, make_settings
-from tests.integration.predictor_fixtures import use_bentoml_home
+from tests.integration.bentos.predictor_fixtures import use_bentoml_home
 from tests.reference_strategy import reference_backtest
 
 pytestmark = pytest.mark.integration

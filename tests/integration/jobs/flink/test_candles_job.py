@@ -16,7 +16,7 @@ from jobs.flink import candles
 from jobs.ingest.replay import TradeSink, load_trades, to_messages
 from jobs.ingest.schema import InvalidTrade, validate
 from tests.conftest import TRADES_PARQUET, make_settings
-from tests.integration.candles_harness import assert_candles_equal, run_candles
+from tests.integration.jobs.flink.candles_harness import assert_candles_equal, run_candles
 from tests.reference import candles_reference, garbage, late_mask, shuffle_within
 
 pytestmark = pytest.mark.integration

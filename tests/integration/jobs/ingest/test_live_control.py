@@ -20,8 +20,8 @@ from infra.kafka import read_all
 from jobs.ingest.live import SubscriptionRejected, run_live
 from jobs.ingest.replay import TradeSink
 from tests.conftest import make_settings
-from tests.integration.test_live_ingest import expected, trade_msg
-from tests.integration.ws_server import Server
+from tests.integration.jobs.ingest.test_live_ingest import expected, trade_msg
+from tests.integration.jobs.ingest.ws_server import Server
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,8 @@ from infra.clickhouse import (
     load_migrations,
 )
 from jobs.writers.features import parse_feature_message
-from tests.integration import test_clickhouse
-from tests.integration.test_clickhouse import WS, _features_message
+from tests.integration.infra import test_clickhouse
+from tests.integration.infra.test_clickhouse import WS, _features_message
 from udfs.indicators import FEATURE_NAMES
 
 pytestmark = pytest.mark.integration

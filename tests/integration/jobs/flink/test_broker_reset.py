@@ -20,7 +20,13 @@ from infra.connectors import Endpoints
 from infra.kafka import ensure_topics
 from infra.local import TansuBroker, free_port
 from infra.settings import REPO_ROOT, Settings
-from tests.integration.test_writer_poison import CLI, committed, env_of, good_candles, produce
+from tests.integration.jobs.writers.test_writer_poison import (
+    CLI,
+    committed,
+    env_of,
+    good_candles,
+    produce,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from infra.local import free_port
 from infra.settings import REPO_ROOT
 from jobs.ingest.replay import load_trades, to_messages
 from tests.conftest import TRADES_PARQUET, make_settings
-from tests.integration.candles_harness import assert_candles_equal, produce_raw
+from tests.integration.jobs.flink.candles_harness import assert_candles_equal, produce_raw
 from tests.reference import candles_reference
 
 pytestmark = pytest.mark.integration

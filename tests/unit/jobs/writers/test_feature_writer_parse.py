@@ -1,6 +1,6 @@
 """Feature writer: message validation (what goes to the DLQ and why), DLQ record shape,
 which errors are retried. The writer itself is tested on real services in
-tests/integration/test_feature_writer.py."""
+tests/integration/jobs/writers/test_feature_writer.py."""
 
 from __future__ import annotations
 

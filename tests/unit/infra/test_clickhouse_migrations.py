@@ -1,5 +1,5 @@
 """The pure parts of schema evolution: template checksums and the column plan (the
-database side runs in tests/integration/test_clickhouse_schema_evolution.py)."""
+database side runs in tests/integration/infra/test_clickhouse_schema_evolution.py)."""
 
 from __future__ import annotations
 

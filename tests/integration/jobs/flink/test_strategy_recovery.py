@@ -33,19 +33,19 @@ from infra.local import ClickHouseServer, RedisServer, TansuBroker
 from infra.settings import REPO_ROOT, Settings
 from jobs.writers.trading import TradingWriter, trading_config
 from tests.conftest import CANDLES_CSV
-from tests.integration.predictor_fixtures import (
+from tests.integration.bentos.predictor_fixtures import (
     SERVICE_DIR,
     SERVICE_TARGET,
     BentoServer,
     Env,
 )
-from tests.integration.test_recovery import (
+from tests.integration.jobs.flink.test_recovery import (
     count_topic,
     standalone_cluster,
     tasks_running,
     wait_for,
 )
-from tests.integration.test_strategy_job import (
+from tests.integration.jobs.flink.test_strategy_job import (
     job_settings,
     knowledge_end,
     outputs_to,

@@ -31,7 +31,7 @@ from infra.local import RedisServer, TansuBroker
 from infra.settings import Settings
 from jobs.flink import strategy
 from tests.conftest import CANDLES_CSV
-from tests.integration.predictor_fixtures import (
+from tests.integration.bentos.predictor_fixtures import (
     SERVICE_DIR,
     SERVICE_TARGET,
     BentoServer,
