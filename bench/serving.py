@@ -207,7 +207,7 @@ def serve(s: Any, tmp: Path, workers: int) -> AbstractContextManager[PredictorPr
     env = predictor_env(
         s.model_copy(update={"serving_workers": workers}),
         bentoml_home=tmp / "bentoml",
-        # access log off (measured +35 % throughput, FEASIBILITY.md)
+        # access log off (measured +35 % throughput, ../shared/FEASIBILITY.md)
         extra={"BENTOML_CONFIG_OPTIONS": "api_server.logging.access.enabled=false"},
     )
     return serve_predictor(env, tmp / f"serve-{workers}.log", timeout_s=180, stop_grace_s=30)

@@ -145,7 +145,8 @@ class Settings(BaseSettings):
     # --- features job (Python UDF execution; defaults chosen by bench/features.py) -------
     # the candles topic is in event-time order per key (the candles job emits a window when
     # its watermark passes), so the features source needs little or no out-of-orderness;
-    # every ms here is added to the candle -> feature latency (see README, Features job)
+    # every ms here is added to the candle -> feature latency (udfs/README.md, Python
+    # execution settings)
     # on-periodic (every 200 ms): a bundle of UDF rows per watermark instead of one round
     # trip to the Python worker per candle (~3x the rate), and candles of one minute that
     # arrive together are all emitted on the next tick (see bench/results/features.json)
@@ -159,7 +160,7 @@ class Settings(BaseSettings):
     python_bundle_time_ms: int = Field(100, ge=1, description="max wait before a bundle")
     python_arrow_batch_size: int = Field(10_000, ge=1, description="rows per Arrow batch")
 
-    # --- checkpoints + recovery (candles and features jobs; README "Checkpoints") ----------
+    # --- checkpoints + recovery (every Flink job; sql/flink/README.md "Checkpoints") --------
     # 0 = off. State (Kafka offsets, open windows, OVER buffers) is snapshotted this often;
     # after a failure the job restarts from the last completed checkpoint (fixed-delay
     # restarts). Sinks are at-least-once: records after that checkpoint are written again,

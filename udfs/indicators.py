@@ -15,7 +15,7 @@ compute with the same function. TA-Lib itself is the
 tests' independent reference (explicit slices, 1e-9 relative).
 
 Names follow ``<indicator>_<params>[_<output>]`` (e.g. ``rsi_14``, ``macd_12_26_9_hist``);
-the table in the README lists them all.
+the table in udfs/README.md lists them all.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Both backends take the same migrations (``sql/clickhouse/NNN_name.sql``), the sa
 give back the same values: floats round-trip bit-exactly, NULL stays ``None`` and NaN stays
 NaN. Rows are never formatted into SQL text: the server gets them as a parameter of
 ``INSERT ... VALUES`` (inline VALUES hang clickhouse-driver on 18.16), chDB as an Arrow
-stream built with the table's column types.
+table built with the table's column types (``INSERT ... SELECT ... FROM Python(...)``).
 
 The package, by role: :mod:`~infra.clickhouse.store` (the interface and what both backends
 share), :mod:`~infra.clickhouse.server` and :mod:`~infra.clickhouse.chdb` (the backends),

@@ -1,4 +1,4 @@
-"""The micro-batch Kafka -> stores loop shared by the writers (features, trading).
+"""The micro-batch Kafka -> stores loop shared by the writers (candles, features, trading).
 
 A :class:`KafkaBatchWriter` subclass says which topics it reads, how a message becomes a row
 (:meth:`~KafkaBatchWriter.parse`, raising :class:`~jobs.writers.validation.InvalidMessage`

@@ -32,7 +32,7 @@ already be in the stores written before the one that rejected it).
 Any other error stops the writer without a commit (a restart replays the batch).
 
 The consume / dead-letter / retry / commit loop is :class:`jobs.writers.base.KafkaBatchWriter`
-(shared with the trading writer); this module adds the message validation and the three
+(shared with the candles and trading writers); this module adds the message validation and the three
 stores.
 """
 

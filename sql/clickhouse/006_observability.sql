@@ -1,4 +1,4 @@
--- candleflow analytics store, migration 006: per-stage pipeline freshness (issue #7).
+-- candleflow analytics store, migration 006: per-stage pipeline freshness.
 --
 -- One row per (stage, bar) observation, written by the process that observed the stage's
 -- output: the candles writer (`candle`: the candle's emitted_at), the feature writer

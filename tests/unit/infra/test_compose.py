@@ -1,5 +1,5 @@
 """docker-compose.yml checked without a Docker engine: files, variables, ports, images,
-dependencies, settings and commands it names must all exist (issue #7)."""
+dependencies, settings and commands it names must all exist."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Checkpoint recovery on a real standalone Flink cluster (issue #7).
+"""Checkpoint recovery on a real standalone Flink cluster.
 
 The candles job (real trades, 3 passes) and the features job (real 1m klines) run on a
 standalone cluster (JobManager + 1 TaskManager process with 2 slots), checkpointing every

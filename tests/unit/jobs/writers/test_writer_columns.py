@@ -1,4 +1,4 @@
-"""The writers' column tables (jobs/kafka_writer.Column) against the migrated tables
+"""The writers' column tables (jobs/writers/validation.Column) against the migrated tables
 (sql/clickhouse/*.sql): every field's ClickHouse type is its column's, and every field
 that feeds a MATERIALIZED DateTime is held to the DateTime span."""
 

@@ -1,4 +1,4 @@
-"""The writers' second line of defence (jobs/kafka_writer.KafkaBatchWriter): a store that
+"""The writers' second line of defence (jobs/writers/base.KafkaBatchWriter): a store that
 rejects a batch's data gets the batch bisected; the messages it rejects on their own are
 dead-lettered with its error, the rest is written and the batch committed. Transient and
 other errors keep today's behaviour (retry / stop, no commit). The loop runs here with an
