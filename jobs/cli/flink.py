@@ -6,25 +6,19 @@ from __future__ import annotations
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from infra.settings import Settings, get_settings
 from jobs.cli.common import Target, console, fail
-from jobs.cli.options import Detach, EndOffsets, FromSavepoint, StartOffsets
+from jobs.cli.options import Detach, EndOffsets, FromSavepoint, StartOffsets, TargetOpt
 
 
 class Job(StrEnum):
     candles = "candles"
     features = "features"
     strategy = "strategy"
-
-
-TargetOpt = Annotated[
-    Target, typer.Option(help="local: in-process MiniCluster; cluster: `flink run -py`")
-]
 
 
 def candles_run(

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
+from jobs.cli.common import Target
+
 # ------------------------------------------------------------------------ the writers
 GroupId = Annotated[str, typer.Option(help="consumer group (default: the writer's setting)")]
 FromBeginning = Annotated[
@@ -53,6 +55,9 @@ def writer_overrides(
 
 
 # ----------------------------------------------------------------------- the Flink jobs
+TargetOpt = Annotated[
+    Target, typer.Option(help="local: in-process MiniCluster; cluster: `flink run -py`")
+]
 EndOffsets = Annotated[str, typer.Option(help="bounded replay: stop at e.g. '0:115993'")]
 StartOffsets = Annotated[str, typer.Option(help="start at e.g. '0:0' instead of earliest")]
 Detach = Annotated[bool, typer.Option(help="submit and return (cluster target)")]

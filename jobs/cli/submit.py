@@ -15,7 +15,7 @@ import typer
 
 from jobs.cli.common import Target
 from jobs.cli.flink import Job, run_job
-from jobs.cli.options import Detach, EndOffsets, FromSavepoint, StartOffsets
+from jobs.cli.options import Detach, EndOffsets, FromSavepoint, StartOffsets, TargetOpt
 
 if TYPE_CHECKING:
     from infra.settings import Settings
@@ -82,9 +82,7 @@ def submit_settings(overrides: dict[str, str]) -> Settings:
 
 def submit(
     job: Job = typer.Argument(..., help="which Flink job: candles, features or strategy"),
-    target: Target = typer.Option(
-        Target.local, help="local: in-process MiniCluster; cluster: `flink run -py`"
-    ),
+    target: TargetOpt = Target.local,
     jobmanager: str = typer.Option(
         "",
         "--jobmanager",
