@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import math
@@ -233,6 +234,10 @@ class StrategyFunction(KeyedProcessFunction):
         self.steps = metrics.counter("strategy_steps")
         self.catch_up_bars = metrics.counter("strategy_catch_up_bars")
         self.engine = None  # rebuilt from ValueState on the first timer (after a restore too)
+        # the buffered bar times, ascending: read from MapState on the first timer of this
+        # instance (a restore's bars included), then kept here (no state scan per timer)
+        self.bar_times: list[int] | None = None
+        self.end_timer = False  # END_OF_TIME registered by this instance (it is checkpointed)
 
     def process_element(self, value: Row, ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
         t = int(value.bar_end_ms)
@@ -250,7 +255,11 @@ class StrategyFunction(KeyedProcessFunction):
         if group is None:
             group = {}
             timers.register_event_time_timer(t)
-            timers.register_event_time_timer(END_OF_TIME)  # the same timer each time
+            if not self.end_timer:
+                timers.register_event_time_timer(END_OF_TIME)
+                self.end_timer = True
+            if self.bar_times is not None:
+                bisect.insort(self.bar_times, t)
         if value.symbol not in group:  # a replayed duplicate keeps the first row
             group[value.symbol] = (
                 float(value.open),
@@ -272,7 +281,10 @@ class StrategyFunction(KeyedProcessFunction):
     def on_timer(self, timestamp: int, ctx: KeyedProcessFunction.OnTimerContext) -> Iterable[Any]:
         """Step every buffered bar up to ``timestamp``, oldest first (see the module doc)."""
         t = int(timestamp)
-        due = sorted(int(b) for b in self.pending if int(b) <= t)
+        if self.bar_times is None:
+            self.bar_times = sorted(int(b) for b in self.pending)
+        cut = bisect.bisect_right(self.bar_times, t)
+        due, self.bar_times = self.bar_times[:cut], self.bar_times[cut:]
         for bar in due:
             if bar != t and t != END_OF_TIME:
                 self.catch_up_bars.inc()
