@@ -286,7 +286,7 @@ class StrategyFunction(KeyedProcessFunction):
         cut = bisect.bisect_right(self.bar_times, t)
         due, self.bar_times = self.bar_times[:cut], self.bar_times[cut:]
         for bar in due:
-            if bar != t and t != END_OF_TIME:
+            if bar != t:  # at END_OF_TIME every bar's own timer has fired: any left lost it
                 self.catch_up_bars.inc()
                 log.warning("bar %d stepped at the timer of %d: its own timer was lost", bar, t)
             yield from self._step_bar(bar)
