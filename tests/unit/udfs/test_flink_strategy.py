@@ -15,11 +15,9 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import pytest
 
-from tests.conftest import CANDLES_CSV
+from tests.unit.udfs.test_strategy import REAL_CONFIGS, bar_groups, real_bar_frame
 from udfs.flink_strategy import (
     END_OF_TIME,
     EQUITY_TAG,
@@ -28,12 +26,10 @@ from udfs.flink_strategy import (
     output_columns,
     to_row,
 )
-from udfs.strategy import BarInput, StrategyConfig, StrategyEngine
+from udfs.strategy import BarInput, StrategyEngine
 
-CONFIG = StrategyConfig(
-    strategy_id="unit", entry_threshold=0.2, exit_threshold=0.0, stop_loss_pct=0.003
-)
-BARS = 300
+# kill-switch, stop-loss, max-hold and signal exits all fire on these bars
+CONFIG = REAL_CONFIGS["killswitch"]
 
 
 class MapStateStub:
@@ -102,33 +98,13 @@ class Runtime:
 
 @pytest.fixture(scope="module")
 def groups() -> list[tuple[int, list[BarInput]]]:
-    """Real 1m bars of 3 symbols, seeded predictions (some degraded: None)."""
-    df = pd.read_csv(CANDLES_CSV)
-    df = df[df.symbol.isin(["BTCUSDT", "ETHUSDT", "BNBUSDT"])]
-    df = df[df.ts_ms.isin(np.sort(df.ts_ms.unique())[:BARS])].sort_values(["ts_ms", "symbol"])
-    rng = np.random.default_rng(7)
-    out: dict[int, list[BarInput]] = {}
-    for r in df.itertuples():
-        t = int(r.ts_ms) + 60_000
-        p_up = float(rng.uniform())
-        p_down = float(rng.uniform(0, 1 - p_up))
-        degraded = rng.uniform() < 0.05
-        out.setdefault(t, []).append(
-            BarInput(
-                str(r.symbol),
-                t,
-                float(r.open),
-                float(r.high),
-                float(r.low),
-                float(r.close),
-                None if degraded else p_up,
-                None if degraded else p_down,
-            )
-        )
-    return sorted(out.items())
+    """test_strategy's real bars (5 symbols, missing bars, seeded predictions, some
+    degraded) as groups, each in a shuffled order."""
+    return bar_groups(real_bar_frame())
 
 
-def reference(groups: list[tuple[int, list[BarInput]]]) -> list[Any]:
+@pytest.fixture(scope="module")
+def want(groups: list[tuple[int, list[BarInput]]]) -> list[Any]:
     """The engine stepped over every group, as the operator's output rows."""
     eng = StrategyEngine(CONFIG)
     cols = {k: output_columns(k) for k in ("orders", "fills", "equity")}
@@ -164,7 +140,9 @@ def advance(fn: StrategyFunction, rt: Runtime, watermark: int) -> list[Any]:
     return out
 
 
-def test_timers_in_order_equal_the_engine(groups: list[tuple[int, list[BarInput]]]) -> None:
+def test_timers_in_order_equal_the_engine(
+    groups: list[tuple[int, list[BarInput]]], want: list[Any]
+) -> None:
     rt = Runtime()
     fn = operator(rt)
     out: list[Any] = []
@@ -172,7 +150,6 @@ def test_timers_in_order_equal_the_engine(groups: list[tuple[int, list[BarInput]
         feed(fn, rt, rows)
         out += advance(fn, rt, t - 1)  # this bar's rows read: the previous bar is complete
     out += advance(fn, rt, END_OF_TIME)
-    want = reference(groups)
     assert len([o for o in want if not isinstance(o, tuple)]) >= 10  # it trades
     assert out == want
     assert rt.counters["strategy_catch_up_bars"].n == 0
@@ -180,7 +157,7 @@ def test_timers_in_order_equal_the_engine(groups: list[tuple[int, list[BarInput]
 
 
 def test_lost_timers_are_caught_up_by_the_next_timer(
-    groups: list[tuple[int, list[BarInput]]],
+    groups: list[tuple[int, list[BarInput]]], want: list[Any]
 ) -> None:
     """A restore whose checkpoint holds rows of 40 bars but not their timers: the next bar's
     timer steps them first, in order, and the result equals the uninterrupted run."""
@@ -197,12 +174,12 @@ def test_lost_timers_are_caught_up_by_the_next_timer(
         if t - 60_000 not in lost:
             out += advance(fn, rt, t - 1)
     out += advance(fn, rt, END_OF_TIME)
-    assert out == reference(groups)
+    assert out == want
     assert rt.counters["strategy_catch_up_bars"].n == len(lost)
 
 
 def test_bars_left_at_the_end_are_stepped_by_the_end_of_time_timer(
-    groups: list[tuple[int, list[BarInput]]],
+    groups: list[tuple[int, list[BarInput]]], want: list[Any]
 ) -> None:
     rt = Runtime()
     fn = operator(rt)
@@ -211,5 +188,6 @@ def test_bars_left_at_the_end_are_stepped_by_the_end_of_time_timer(
         feed(fn, rt, rows)
     rt.timers = {END_OF_TIME}  # every bar timer lost; the end-of-time timer was restored
     out += advance(fn, rt, END_OF_TIME)
-    assert out == reference(groups)
+    assert out == want
+    assert rt.counters["strategy_catch_up_bars"].n == len(groups)
     assert not rt.map_state.d

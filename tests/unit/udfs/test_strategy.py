@@ -508,6 +508,10 @@ def test_pending_orders_stay_pending_and_survive_state() -> None:
 
 @pytest.fixture(scope="module")
 def real_bars() -> pd.DataFrame:
+    return real_bar_frame()
+
+
+def real_bar_frame() -> pd.DataFrame:
     """The first 2,500 minutes of the real candles (5 symbols), 3% of rows dropped so symbols
     miss bars, seeded synthetic predictions with 10% missing (degraded)."""
     if not CANDLES_CSV.exists():
@@ -548,7 +552,7 @@ REAL_CONFIGS = {
 BAR_FLOATS = ("open", "high", "low", "close", "p_up", "p_down")
 
 
-def _groups(df: pd.DataFrame) -> list[tuple[int, list[BarInput]]]:
+def bar_groups(df: pd.DataFrame) -> list[tuple[int, list[BarInput]]]:
     """The rows as BarInput groups by bar_end_ms, each group in a shuffled (seeded) order."""
     sym = df["symbol"].astype(str).tolist()
     ts = df["bar_end_ms"].to_numpy(dtype=np.int64).tolist()
@@ -597,7 +601,7 @@ def test_state_round_trip_mid_run_is_bit_identical(real_bars: pd.DataFrame, name
     e2: list[dict[str, Any]] = []
     restarts_with_pending = 0
     restarts_killed = 0
-    for k, (ts, rows) in enumerate(_groups(real_bars)):
+    for k, (ts, rows) in enumerate(bar_groups(real_bars)):
         if k % 7 == 3:  # restart from a strict-JSON snapshot
             st = json.loads(json.dumps(eng.state(), allow_nan=False))
             restarts_with_pending += bool(st["broker"]["pending"])
