@@ -182,13 +182,13 @@ def tables(s: Settings, ch: ClickHouseServer) -> dict[str, list[dict[str, Any]]]
         store.close()
 
 
-def equity_records(s: Settings) -> list[dict[str, Any]]:
-    """Every record of the run's equity topic, read until 3 s idle (not to the reported end:
+def topic_records(s: Settings, topic: str) -> list[dict[str, Any]]:
+    """Every record of one of the run's topics, read until 3 s idle (not to the reported end:
     Tansu's end offset is the base of the last batch + 1, so an end-of-partition read misses
     the last batch; count_topic is only a progress gauge here)."""
     from infra.kafka import read_all
 
-    return read_all(s.kafka_bootstrap, s.topic_equity, idle_timeout_s=3)
+    return read_all(s.kafka_bootstrap, topic, idle_timeout_s=3)
 
 
 def divergence(
@@ -201,11 +201,9 @@ def divergence(
     how the two runs' predictions compare (the strategy's only input besides prices)."""
     from collections import Counter
 
-    from infra.kafka import read_all
-
     def answers(s: Settings) -> dict[tuple[str, int], set[tuple[Any, ...]]]:
         out: dict[tuple[str, int], set[tuple[Any, ...]]] = {}
-        for r in read_all(s.kafka_bootstrap, s.topic_predictions, idle_timeout_s=3):
+        for r in topic_records(s, s.topic_predictions):
             key = (r["symbol"], int(r["bar_end_ms"]))
             out.setdefault(key, set()).add((r["status"], r["p_up"], r["p_down"]))
         return out
@@ -253,7 +251,7 @@ def test_sigkill_taskmanager_mid_run_equals_clean_run(
     clean_s = time.monotonic() - t0
     bars = n // len(SYMBOLS)
     # the job's group id gets "-strategy" appended (jobs/strategy.main)
-    assert len(equity_records(s)) == bars
+    assert len(topic_records(s, s.topic_equity)) == bars
     clean = tables(s, clickhouse_server)
     assert len(clean["equity"]) == bars
     assert len(clean["orders"]) >= 50 and len(clean["fills"]) >= 50, {
@@ -288,7 +286,7 @@ def test_sigkill_taskmanager_mid_run_equals_clean_run(
     assert cp["restored"] >= 1 and cp["restored_from"], cp
 
     # the topics hold at least every record (at-least-once sinks may repeat some) ...
-    records = equity_records(k)
+    records = topic_records(k, k.topic_equity)
     emitted = len(records)
     assert emitted >= bars and len({r["bar_end_ms"] for r in records}) == bars
     # ... and ClickHouse FINAL equals the clean run: 0 lost, 0 duplicated, same values
